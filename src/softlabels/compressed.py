@@ -1,0 +1,218 @@
+"""CompressedSet: a few images + their labels + a manifest; saved with safetensors, validated on load.
+
+The byte count of a set is the size of its stored payload (encoded images + encoded labels), measured
+from the tensors written, not estimated. True class ids are stored beside it for analysis only (the
+student never sees them) and are counted separately as ``aux`` bytes.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from . import __version__
+from .io import load_tensors, save_tensors, tensor_hash
+from .validation import CorruptFileError, DataNotFoundError, check_images, check_labels, check_targets
+
+FORMAT = "softlabels.compressed-set/1"
+
+
+@dataclass(eq=False)
+class CompressedSet:
+    """``images`` uint8 (N, C, H, W); ``labels`` float (N, K) as the student will see them (decoded from
+    the label codec); ``targets`` int64 (N,) true classes; ``manifest`` describes how it was made."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    targets: torch.Tensor
+    manifest: dict = field(default_factory=dict)
+    _payload: tuple | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        check_images(self.images, name="compressed-set images")
+        if self.images.dtype != torch.uint8:
+            raise TypeError("compressed-set images must be uint8 (N, C, H, W); quantise float images with "
+                            "(x * 255).round().clamp(0, 255).to(torch.uint8)")
+        n = self.images.shape[0]
+        check_labels(self.labels, n=n, name="compressed-set labels",
+                     atol=_row_sum_tolerance(self.manifest.get("label_codec", "fp32"), self.labels.shape[1]))
+        check_targets(self.targets, num_classes=self.labels.shape[1], n=n, name="compressed-set targets")
+        m = self.manifest
+        m.setdefault("format", FORMAT)
+        m.setdefault("num_classes", int(self.labels.shape[1]))
+        m.setdefault("image_codec", "raw")
+        m.setdefault("label_codec", "fp32")
+        if len(m.get("mean", ())) not in (0, self.images.shape[1]):
+            raise ValueError(f"manifest mean has {len(m['mean'])} entries for {self.images.shape[1]} channels")
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.labels.shape[1])
+
+    @property
+    def ipc(self) -> float:
+        return len(self) / self.num_classes
+
+    @property
+    def nbytes(self) -> dict[str, int]:
+        """Stored payload bytes: images, labels, their total, and aux (true targets, not for training)."""
+        if self.manifest.get("nbytes") is None:
+            self.manifest["nbytes"] = self._encoded()[2]
+        return dict(self.manifest["nbytes"])
+
+    def _encoded(self) -> tuple[dict, dict, dict]:
+        """(payload tensors, payload metadata, byte counts) for the manifest's codecs (cached)."""
+        if self._payload is None:
+            self._payload = _encode(self, self.manifest["image_codec"], self.manifest["label_codec"])[0]
+        return self._payload
+
+    def model_input(self, *, device: str | torch.device = "cpu", zca=None) -> torch.Tensor:
+        """Normalised float images on ``device`` with the manifest's mean/std (and ZCA if given)."""
+        mean = self.manifest.get("mean")
+        std = self.manifest.get("std")
+        x = self.images.to(device).float().div_(255.0)
+        if mean is not None and std is not None:
+            m = torch.tensor(mean, device=x.device).view(1, -1, 1, 1)
+            s = torch.tensor(std, device=x.device).view(1, -1, 1, 1)
+            x = (x - m) / s
+        return zca.apply(x) if zca is not None else x
+
+    def encode(self, *, image_codec: str = "raw", label_codec: str = "fp32") -> CompressedSet:
+        """The set as stored with these codecs: labels become what decoding gives back, and the
+        manifest records the measured payload bytes."""
+        payload, (images, labels), nb = _encode(self, image_codec, label_codec)
+        man = dict(self.manifest, image_codec=image_codec, label_codec=label_codec, nbytes=nb)
+        return CompressedSet(images, labels, self.targets.clone(), man, payload)
+
+    def content_hash(self) -> str:
+        return tensor_hash(self.images, self.labels, self.targets)
+
+    def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
+        """Write one safetensors file (encoded payload + targets) with the manifest in its metadata."""
+        path = Path(path)
+        if path.exists() and not overwrite:
+            raise FileExistsError(f"{path} exists; pass overwrite=True (--overwrite) to replace it")
+        tensors, meta, nb = self._encoded()
+        tensors, meta = dict(tensors), dict(meta)
+        man = dict(self.manifest, nbytes=nb, softlabels_version=__version__, content_hash=self.content_hash())
+        tensors["aux.targets"] = self.targets.to(torch.int64)
+        meta["manifest"] = json.dumps(man, sort_keys=True, default=str)
+        save_tensors(path, tensors, metadata=meta)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> CompressedSet:
+        from .codecs import encoded_from_safetensors_dict, image_codec, label_codec
+
+        path = Path(path)
+        if not path.exists():
+            raise DataNotFoundError(f"compressed set {path} does not exist")
+        tensors, meta = load_tensors(path)
+        if "manifest" not in meta or "aux.targets" not in tensors:
+            raise CorruptFileError(f"{path} is not a softlabels compressed set (no manifest/targets); "
+                                   "for images + labels made elsewhere use CompressedSet.from_file")
+        man = json.loads(meta["manifest"])
+        try:
+            ienc = encoded_from_safetensors_dict(tensors, meta, "images")
+            lenc = encoded_from_safetensors_dict(tensors, meta, "labels")
+            images = image_codec(man["image_codec"]).decode(ienc)
+            labels = label_codec(man["label_codec"]).decode(lenc)
+        except (KeyError, ValueError, RuntimeError) as e:
+            raise CorruptFileError(f"{path}: cannot decode payload ({e})") from None
+        payload = ({k: v for k, v in tensors.items() if not k.startswith("aux.")},
+                   {k: v for k, v in meta.items() if k != "manifest"}, man["nbytes"])
+        cset = cls(images, labels, tensors["aux.targets"], man, payload)
+        if man.get("content_hash") and cset.content_hash() != man["content_hash"]:
+            raise CorruptFileError(f"{path}: content hash mismatch; the file is corrupt")
+        return cset
+
+    @classmethod
+    def from_arrays(cls, images: torch.Tensor, labels: torch.Tensor | None = None, *,
+                    targets: torch.Tensor | None = None, num_classes: int | None = None,
+                    mean=None, std=None, **manifest) -> CompressedSet:
+        """A set from a user's tensors: ``labels`` (N, K) soft labels and/or ``targets`` (N,) classes.
+
+        Float images in [0, 1] are quantised to uint8 (stored sets are uint8).
+        """
+        check_images(images)
+        if images.dtype.is_floating_point:
+            if images.min() < 0 or images.max() > 1:
+                raise ValueError("float images must be in [0, 1] (un-normalised); got range "
+                                 f"[{float(images.min()):.3g}, {float(images.max()):.3g}]")
+            images = (images * 255).round().clamp(0, 255).to(torch.uint8)
+        if labels is None and targets is None:
+            raise ValueError("give labels (N, K soft labels) or targets (N,) class indices")
+        if labels is None:
+            k = num_classes or int(targets.max()) + 1
+            check_targets(targets, num_classes=k, n=images.shape[0])
+            labels = torch.nn.functional.one_hot(targets.long(), k).float()
+            manifest.setdefault("label_codec", "hard")
+        labels = check_labels(labels.float(), n=images.shape[0], num_classes=num_classes)
+        if targets is None:
+            targets = labels.argmax(1)
+        man = {"source": "user", **manifest}
+        if mean is not None:
+            man["mean"], man["std"] = list(mean), list(std)
+        return cls(images, labels, targets.long(), man)
+
+    @classmethod
+    def from_file(cls, path: str | Path, **manifest) -> CompressedSet:
+        """Load a user's set: .npz (no pickle) or .safetensors with ``images`` and ``labels`` and/or
+        ``targets``; or a softlabels compressed set."""
+        import numpy as np
+
+        path = Path(path)
+        if not path.exists():
+            raise DataNotFoundError(f"{path} does not exist")
+        if path.suffix == ".safetensors":
+            tensors, meta = load_tensors(path)
+            if "manifest" in meta:
+                return cls.load(path)
+        elif path.suffix == ".npz":
+            try:
+                with np.load(path, allow_pickle=False) as z:
+                    tensors = {k: torch.from_numpy(np.ascontiguousarray(z[k])) for k in z.files}
+            except Exception as e:
+                raise CorruptFileError(f"{path}: cannot read npz without pickle ({e})") from None
+        else:
+            raise ValueError(f"{path}: unsupported suffix {path.suffix!r}; use .npz or .safetensors")
+        if "images" not in tensors:
+            raise ValueError(f"{path} needs an 'images' array (N, C, H, W); it has {sorted(tensors)}")
+        images = tensors["images"]
+        if images.ndim == 3:
+            images = images.unsqueeze(1)
+        elif images.ndim == 4 and images.shape[-1] in (1, 3) and images.shape[1] not in (1, 3):
+            images = images.permute(0, 3, 1, 2).contiguous()
+        labels = tensors.get("labels")
+        return cls.from_arrays(images, labels.float() if labels is not None else None,
+                               targets=tensors.get("targets"), source_file=str(path), **manifest)
+
+
+def _row_sum_tolerance(label_spec: str, num_classes: int) -> float:
+    """Quantised labels without renormalisation may sum above one by up to C * half a level."""
+    if label_spec.startswith("quant") and "renorm=1" not in label_spec.replace(" ", ""):
+        bits = 8
+        for part in label_spec.partition(":")[2].split(","):
+            if part.strip().startswith("bits="):
+                bits = int(part.split("=")[1])
+        return num_classes * 0.5 / (2**bits - 1) + 1e-3
+    return 1e-3
+
+
+def _encode(cset: CompressedSet, image_spec: str, label_spec: str):
+    from .codecs import encoded_to_safetensors_dict, image_codec, label_codec
+
+    ienc = image_codec(image_spec).encode(cset.images)
+    lenc = label_codec(label_spec).encode(cset.labels)
+    ti, mi = encoded_to_safetensors_dict(ienc, "images")
+    tl, ml = encoded_to_safetensors_dict(lenc, "labels")
+    nb = {"images": int(ienc.nbytes), "labels": int(lenc.nbytes), "total": int(ienc.nbytes + lenc.nbytes),
+          "aux": int(cset.targets.numel() * 8)}
+    decoded = (image_codec(image_spec).decode(ienc), label_codec(label_spec).decode(lenc))
+    return ({**ti, **tl}, {**mi, **ml}, nb), decoded, nb

@@ -1,0 +1,1 @@
+"""Soft labels: generation from experts, transforms, diagnostics."""

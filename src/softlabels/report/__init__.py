@@ -1,0 +1,1 @@
+"""Reports: plots (matplotlib) and tables (markdown/HTML) as pure functions of stored results."""

@@ -1,0 +1,297 @@
+"""The student engine: train fresh students on a (compressed) labelled set and evaluate them.
+
+Data stays on the device as one tensor; batches are index slices of a seeded permutation; DSA is
+batched; there is no DataLoader and no per-sample Python. Every source of randomness is a seeded
+``torch.Generator`` (model init, shuffling, augmentation), so the same seed gives the same student.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import PROTOCOLS, StudentRecipe
+from .models import build_model, get_model_spec
+from .validation import check_choice, check_labels
+
+ProgressFn = Callable[[int], None]
+
+
+@dataclass
+class EvalSets:
+    """Model-ready evaluation tensors on the training device: validation (optional) and test."""
+
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    val_x: torch.Tensor | None = None
+    val_y: torch.Tensor | None = None
+
+    @classmethod
+    def from_prepared(cls, prepared, *, device) -> EvalSets:
+        tx, ty = prepared.tensors("test", device=device)
+        vx, vy = prepared.tensors("val", device=device) if prepared.val_idx.numel() else (None, None)
+        return cls(tx, ty, vx, vy)
+
+
+@dataclass
+class StudentResult:
+    """One trained student. ``test_acc``/``val_acc`` are at the final epoch (the ``clean`` number);
+    ``paper_acc`` is the max test accuracy over checkpoints every ``eval_every`` epochs and the end
+    (the reference code's number, optimistic: it selects on the test set)."""
+
+    seed: int
+    test_acc: float
+    val_acc: float | None
+    paper_acc: float | None
+    train_acc: float
+    per_class: list[float]
+    curve: list[tuple[int, float]] = field(default_factory=list)
+    epochs: int = 0
+    wall_s: float = 0.0
+
+    def metric(self, protocol: str) -> float:
+        if protocol == "paper":
+            return float(self.paper_acc if self.paper_acc is not None else self.test_acc)
+        return self.test_acc
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but CUDA is not available; use --device cpu")
+    return dev
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``precision`` on ``device`` (None = fp32).
+
+    ``auto`` picks bf16 where the hardware runs it natively (CUDA with bf16 support, or a CPU with
+    AVX512-BF16/AMX) and fp32 otherwise; benchmarks/students.py measures that it pays and keeps
+    accuracy.
+    """
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    return torch.bfloat16 if _cpu_has_native_bf16() else None
+
+
+def _cpu_has_native_bf16() -> bool:
+    try:
+        cap = torch.backends.cpu.get_cpu_capability()
+    except Exception:  # pragma: no cover - very old torch
+        return False
+    if "AMX" in cap.upper():
+        return True
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+        return "avx512_bf16" in flags or "amx_bf16" in flags
+    except OSError:
+        return False
+
+
+def autocast_ctx(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy with probability targets: mean over rows of -sum_c y_c log softmax(s)_c.
+
+    Equals ``nn.CrossEntropyLoss()(logits, targets)`` for float targets; rows that sum to less than one
+    (top-k without renormalisation) are down-weighted exactly as in the reference code.
+    """
+    return -(targets * F.log_softmax(logits.float(), dim=1)).sum(dim=1).mean()
+
+
+@torch.inference_mode()
+def predict(model: nn.Module, x: torch.Tensor, *, batch_size: int = 2048,
+            amp_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Argmax predictions in large batches (no augmentation)."""
+    was_training = model.training
+    model.eval()
+    out = []
+    dev = x.device
+    for i in range(0, x.shape[0], batch_size):
+        with autocast_ctx(dev, amp_dtype):
+            out.append(model(x[i:i + batch_size]).argmax(1))
+    model.train(was_training)
+    return torch.cat(out)
+
+
+@torch.inference_mode()
+def logits_of(model: nn.Module, x: torch.Tensor, *, batch_size: int = 1024) -> torch.Tensor:
+    """fp32 logits of ``model`` on un-augmented ``x`` (eval mode), in chunks."""
+    was_training = model.training
+    model.eval()
+    out = [model(x[i:i + batch_size]).float() for i in range(0, x.shape[0], batch_size)]
+    model.train(was_training)
+    return torch.cat(out)
+
+
+def accuracy(pred: torch.Tensor, y: torch.Tensor) -> float:
+    return float((pred == y).float().mean()) if y.numel() else float("nan")
+
+
+def per_class_accuracy(pred: torch.Tensor, y: torch.Tensor, num_classes: int) -> list[float]:
+    correct = torch.zeros(num_classes, device=y.device).index_add_(0, y, (pred == y).float())
+    count = torch.bincount(y, minlength=num_classes).float()
+    return (correct / count.clamp(min=1)).where(count > 0, torch.full_like(count, float("nan"))).tolist()
+
+
+def init_model(recipe_model: str, width: int | None, *, seed: int, in_channels: int, num_classes: int,
+               image_size: tuple[int, int], device: torch.device) -> nn.Module:
+    """A freshly initialised model whose weights depend only on ``seed`` (global RNG untouched)."""
+    spec = get_model_spec(recipe_model, **({"width": width} if width else {}))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        model = build_model(spec, in_channels=in_channels, num_classes=num_classes, image_size=image_size)
+    return model.to(device)
+
+
+class _ModelCache:
+    """Compiled models reused across students of the same shape: weights are reloaded per student."""
+
+    def __init__(self) -> None:
+        self._models: dict[tuple, tuple[nn.Module, nn.Module]] = {}
+
+    def get(self, key: tuple, fresh: nn.Module, *, compile_model: bool) -> nn.Module:
+        if not compile_model:
+            return fresh
+        if key not in self._models:
+            self._models[key] = (fresh, torch.compile(fresh))
+            return self._models[key][1]
+        base, compiled = self._models[key]
+        with torch.no_grad():
+            for p, q in zip(base.parameters(), fresh.parameters(), strict=True):
+                p.copy_(q)
+            for b, c in zip(base.buffers(), fresh.buffers(), strict=True):
+                b.copy_(c)
+        return compiled
+
+
+MODEL_CACHE = _ModelCache()
+
+
+def resolve_compile(setting: str, device: torch.device, *, total_steps: int) -> bool:
+    """``auto`` compiles when the work is long enough to repay the ~20-40 s warm-up (once per shape)."""
+    if setting == "on":
+        return True
+    if setting == "off":
+        return False
+    return device.type == "cuda" or total_steps >= 4000
+
+
+def train_student(images: torch.Tensor, labels: torch.Tensor, recipe: StudentRecipe, *, seed: int,
+                  evals: EvalSets | None = None, protocol: str = "clean", device: str | torch.device = "cpu",
+                  compile_model: bool = False, on_epoch: ProgressFn | None = None) -> StudentResult:
+    """Train one student from scratch on model-ready ``images`` (N, C, H, W) and ``labels`` (N, K).
+
+    ``labels`` are probability targets (one-hot rows for hard labels). Returns final / checkpoint
+    accuracies per the protocol.
+    """
+    from .augment import dsa
+
+    check_choice("protocol", protocol, PROTOCOLS)
+    dev = resolve_device(device)
+    images = images.to(dev)
+    # rows may sum above one by a quantisation step (quant codecs); CompressedSet checks the bound
+    labels = check_labels(labels.to(dev).float(), n=images.shape[0], atol=float(labels.shape[1]))
+    n, c, h, w = images.shape
+    k = labels.shape[1]
+    t0 = time.perf_counter()
+    fresh = init_model(recipe.model, recipe.width, seed=seed, in_channels=c, num_classes=k,
+                       image_size=(h, w), device=dev)
+    model = MODEL_CACHE.get((recipe.model, recipe.width, c, k, h, w, str(dev)), fresh,
+                            compile_model=compile_model)
+    params = list(fresh.parameters()) if not compile_model else list(model.parameters())
+    wd = recipe.resolved_weight_decay
+    if recipe.optimizer == "sgd":
+        opt: torch.optim.Optimizer = torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum,
+                                                     weight_decay=wd)
+    else:
+        opt = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=wd)
+    amp = resolve_precision(recipe.precision, dev)
+    gen = torch.Generator(device=dev).manual_seed(int(seed) * 1_000_003 + 17)
+    step_size = max(1, recipe.epochs // 4)
+    bs = min(recipe.batch_size, n)
+    curve: list[tuple[int, float]] = []
+    model.train()
+    for epoch in range(recipe.epochs):
+        if recipe.optimizer == "sgd":
+            lr = recipe.lr * (0.3 ** (epoch // step_size))
+        else:
+            lr = recipe.lr * 0.5 * (1 + math.cos(math.pi * epoch / recipe.epochs))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        perm = torch.randperm(n, generator=gen, device=dev) if n > bs else None
+        for start in range(0, n, bs):
+            idx = perm[start:start + bs] if perm is not None else None
+            xb = images if idx is None else images[idx]
+            yb = labels if idx is None else labels[idx]
+            if recipe.dsa:
+                xb = dsa(xb, generator=gen)
+            with autocast_ctx(dev, amp):
+                out = model(xb)
+            loss = soft_cross_entropy(out, yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        if on_epoch is not None:
+            on_epoch(1)
+        done = epoch + 1
+        if evals is not None and protocol == "paper" and done % recipe.eval_every == 0 and done < recipe.epochs:
+            curve.append((done, accuracy(predict(model, evals.test_x, amp_dtype=amp), evals.test_y)))
+    train_acc = accuracy(predict(model, images, amp_dtype=amp), labels.argmax(1))
+    if evals is None:
+        return StudentResult(seed, float("nan"), None, None, train_acc, [], curve, recipe.epochs,
+                             time.perf_counter() - t0)
+    test_pred = predict(model, evals.test_x, amp_dtype=amp)
+    test_acc = accuracy(test_pred, evals.test_y)
+    curve.append((recipe.epochs, test_acc))
+    val_acc = None
+    if evals.val_x is not None:
+        val_acc = accuracy(predict(model, evals.val_x, amp_dtype=amp), evals.val_y)
+    paper_acc = max(a for _, a in curve) if protocol == "paper" else None
+    return StudentResult(
+        seed=int(seed), test_acc=test_acc, val_acc=val_acc, paper_acc=paper_acc, train_acc=train_acc,
+        per_class=per_class_accuracy(test_pred, evals.test_y, k), curve=curve, epochs=recipe.epochs,
+        wall_s=time.perf_counter() - t0,
+    )
+
+
+def train_students(images: torch.Tensor, labels: torch.Tensor, recipe: StudentRecipe, *, seeds: Sequence[int],
+                   evals: EvalSets | None = None, protocol: str = "clean", device: str | torch.device = "cpu",
+                   on_epoch: ProgressFn | None = None) -> list[StudentResult]:
+    """Train one student per seed (sequentially, reusing a compiled graph when compiling pays)."""
+    dev = resolve_device(device)
+    if not seeds:
+        raise ValueError("seeds must name at least one student seed, e.g. seeds=[0, 1, 2]")
+    n = images.shape[0]
+    steps = recipe.epochs * max(1, math.ceil(n / recipe.batch_size)) * len(seeds)
+    compile_model = resolve_compile(recipe.compile, dev, total_steps=steps)
+    return [train_student(images, labels, recipe, seed=s, evals=evals, protocol=protocol, device=dev,
+                          compile_model=compile_model, on_epoch=on_epoch) for s in seeds]
+
+
+def summarize(results: Sequence[StudentResult], protocol: str) -> dict[str, float]:
+    """Mean and population std (as the paper's np.std) of the protocol's metric over students."""
+    vals = torch.tensor([r.metric(protocol) for r in results], dtype=torch.float64)
+    return {"mean": float(vals.mean()), "std": float(vals.std(unbiased=False)) if len(vals) > 1 else 0.0,
+            "n": len(vals)}

@@ -1,0 +1,38 @@
+"""Shared fixtures: a tiny synthetic dataset and tiny recipes so every test runs in seconds on CPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from softlabels.config import DataSpec, ExpertRecipe, StudentRecipe
+from softlabels.data.synthetic import make_synthetic
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def tiny_ds():
+    return make_synthetic(num_classes=4, n_train=240, n_test=80, size=12, seed=0)
+
+
+@pytest.fixture
+def tiny_data_spec():
+    return DataSpec(name="synthetic", val_fraction=0.2)
+
+
+@pytest.fixture
+def tiny_expert():
+    return ExpertRecipe(model="convnet-d3", width=8, epochs=3, train_images=160, batch_size=32, precision="fp32")
+
+
+@pytest.fixture
+def tiny_student():
+    return StudentRecipe(model="convnet-d3", width=8, epochs=6, precision="fp32", compile="off", batch_size=16)
+
+
+@pytest.fixture
+def tiny_lab(tmp_path, tiny_ds, tiny_data_spec):
+    from softlabels.lab import Lab
+
+    return Lab(tmp_path / "out", data=tiny_data_spec, dataset=tiny_ds, progress=False)

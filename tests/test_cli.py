@@ -1,0 +1,37 @@
+import pytest
+
+from softlabels.cli import main
+from softlabels.config import get_preset
+
+
+def test_lists_datasets_and_models(capsys):
+    assert main(["datasets"]) == 0
+    out = capsys.readouterr().out
+    for name in ("fashion-mnist", "cifar10", "cifar100", "imagefolder", "tiny-imagenet", "digits", "arrays"):
+        assert name in out
+    assert main(["models"]) == 0
+    assert "convnet-d4" in capsys.readouterr().out
+
+
+def test_unknown_dataset_is_a_clear_error(tmp_path, capsys):
+    rc = main(["run", "--dataset", "fashion-mnst", "--out", str(tmp_path), "--quiet"])
+    assert rc == 2
+    assert "fashion-mnist" in capsys.readouterr().err
+
+
+def test_unknown_preset(tmp_path, capsys):
+    assert main(["run", "--preset", "papr", "--out", str(tmp_path)]) == 2
+    assert "'paper'" in capsys.readouterr().err
+    with pytest.raises(ValueError):
+        get_preset("nope")
+
+
+def test_missing_set_file(tmp_path, capsys):
+    rc = main(["evaluate", str(tmp_path / "none.npz"), "--out", str(tmp_path)])
+    assert rc == 2 and "does not exist" in capsys.readouterr().err
+
+
+def test_results_on_empty_store(tmp_path, capsys):
+    assert main(["results", "--out", str(tmp_path)]) == 0
+    assert "0 runs" in capsys.readouterr().out
+    assert main(["results", "--out", str(tmp_path), "--where", "nonsense"]) == 2

@@ -1,0 +1,73 @@
+import dataclasses
+
+import pytest
+
+import softlabels.lab as labmod
+from softlabels.baseline import run_baseline, write_baseline_report
+from softlabels.config import LabelSpec, Preset
+
+
+def _preset(tiny_data_spec, tiny_expert, tiny_student):
+    return Preset(name="tiny", data=tiny_data_spec, expert=tiny_expert, student=tiny_student, ipcs=(1, 3),
+                  seeds=2, sweep_epochs=(1, 3), sweep_student_epochs=4)
+
+
+def test_evaluate_stores_and_resumes(tiny_lab, tiny_expert, tiny_student, monkeypatch):
+    traj = tiny_lab.expert(tiny_expert)
+    calls = []
+    real = labmod.train_student
+
+    def counting(*a, **k):
+        calls.append(k["seed"])
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # interrupted after one stored student
+        return real(*a, **k)
+
+    monkeypatch.setattr(labmod, "train_student", counting)
+    label = LabelSpec(expert_epoch=2)
+    with pytest.raises(KeyboardInterrupt):
+        tiny_lab.evaluate(ipc=2, label=label, student=tiny_student, seeds=[0, 1, 2], experts=[traj])
+    assert len(tiny_lab.store) == 1
+    calls.clear()
+    monkeypatch.setattr(labmod, "train_student", lambda *a, **k: (calls.append(k["seed"]), real(*a, **k))[1])
+    res = tiny_lab.evaluate(ipc=2, label=label, student=tiny_student, seeds=[0, 1, 2], experts=[traj])
+    assert calls == [1, 2]  # seed 0 was stored before the interruption
+    assert [r["cached"] for r in res] == [True, False, False]
+    assert all(0 <= r["metrics"]["test_acc"] <= 1 for r in res)
+    calls.clear()
+    again = tiny_lab.evaluate(ipc=2, label=label, student=tiny_student, seeds=[0, 1, 2], experts=[traj])
+    assert calls == [] and [r["metrics"]["test_acc"] for r in again] == [r["metrics"]["test_acc"] for r in res]
+    rec = tiny_lab.store.query(study="baseline")[0]
+    assert rec.nbytes == res[0]["nbytes"] > 0 and rec.codec == "raw|fp32"
+    assert rec.config["expert_key"] == traj.key and rec.config["protocol"] == "clean"
+
+
+def test_different_settings_are_different_runs(tiny_lab, tiny_expert, tiny_student):
+    traj = tiny_lab.expert(tiny_expert)
+    a = tiny_lab.evaluate(ipc=1, label=LabelSpec(expert_epoch=1), student=tiny_student, seeds=[0], experts=[traj])
+    b = tiny_lab.evaluate(ipc=1, label=LabelSpec(expert_epoch=2), student=tiny_student, seeds=[0], experts=[traj])
+    c = tiny_lab.evaluate(ipc=1, label=LabelSpec(kind="hard", codec="hard"), student=tiny_student, seeds=[0])
+    keys = {r[0]["config"]["expert_epoch"] for r in (a, b)}
+    assert keys == {1, 2} and not c[0]["cached"] and len(tiny_lab.store) == 3
+
+
+def test_baseline_job_end_to_end_and_report(tiny_lab, tiny_data_spec, tiny_expert, tiny_student, tmp_path):
+    preset = _preset(tiny_data_spec, tiny_expert, tiny_student)
+    res = run_baseline(tiny_lab, preset)
+    assert [(r.ipc, r.label) for r in res.rows] == [(1, "hard"), (1, "soft"), (3, "hard"), (3, "soft")]
+    assert set(res.chosen) == {1, 3} and all(e in (1, 3) for e in res.chosen.values())
+    # the chosen epoch maximises validation accuracy of the sweep
+    for ipc, accs in res.sweep.items():
+        assert accs[res.chosen[ipc]] == max(accs.values())
+    assert all(r.seeds == 2 and 0 <= r.mean <= 1 for r in res.rows)
+    md, png = write_baseline_report(res, tiny_lab.out_dir, dataset="synthetic")
+    text = md.read_text()
+    assert "Protocol: **clean**" in text and "| 3 | soft |" in text and png.stat().st_size > 1000
+    n = len(tiny_lab.store)
+    res2 = run_baseline(tiny_lab, preset)  # warm: everything reused
+    assert len(tiny_lab.store) == n and [r.mean for r in res2.rows] == [r.mean for r in res.rows]
+
+
+def test_preset_student_epochs_by_ipc(tiny_data_spec, tiny_expert, tiny_student):
+    p = dataclasses.replace(_preset(tiny_data_spec, tiny_expert, tiny_student), student_epochs_by_ipc={1: 9})
+    assert p.student_for(1).epochs == 9 and p.student_for(3).epochs == tiny_student.epochs

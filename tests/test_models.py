@@ -1,0 +1,48 @@
+import pytest
+import torch
+
+from softlabels.models import MODELS, build_model, get_model_spec
+from softlabels.registry import UnknownNameError
+
+
+def count(m):
+    return sum(p.numel() for p in m.parameters())
+
+
+def test_convnet_param_counts_match_the_field():
+    # paper.md §2: ConvNet-3 on CIFAR-10 has 320,010 parameters; CIFAR-100 504,420
+    assert count(build_model("convnet-d3", in_channels=3, num_classes=10, image_size=(32, 32))) == 320_010
+    assert count(build_model("convnet-d3", in_channels=3, num_classes=100, image_size=(32, 32))) == 504_420
+    assert count(build_model("convnet-d4", in_channels=3, num_classes=200, image_size=(64, 64))) == 857_160
+
+
+def test_mnist_like_input_is_padded_to_32():
+    m = build_model("convnet-d3", in_channels=1, num_classes=10, image_size=(28, 28))
+    assert m.features[0].padding == (3, 3)
+    assert m.feature_dim == 128 * 4 * 4
+    assert m(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_norm_and_pool_variants_and_width_override():
+    spec = get_model_spec("convnet-d3", width=16, norm="batchnorm", pooling="maxpool")
+    m = build_model(spec, in_channels=3, num_classes=5, image_size=(16, 16))
+    assert isinstance(m.features[1], torch.nn.BatchNorm2d)
+    assert isinstance(m.features[3], torch.nn.MaxPool2d)
+    assert m(torch.randn(3, 3, 16, 16)).shape == (3, 5)
+
+
+def test_too_deep_for_image_is_a_clear_error():
+    with pytest.raises(ValueError, match="too small"):
+        build_model("convnet-d5", in_channels=1, num_classes=3, image_size=(8, 8))
+
+
+def test_unknown_model_suggests_closest():
+    with pytest.raises(UnknownNameError, match="convnet-d3"):
+        MODELS.get("convnet-d33")
+
+
+def test_bad_spec_values():
+    with pytest.raises(ValueError, match="norm"):
+        get_model_spec("convnet-d3", norm="layernorm")
+    with pytest.raises(TypeError):
+        get_model_spec("convnet-d3", width=2.5)

@@ -1,0 +1,82 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from softlabels.config import StudentRecipe
+from softlabels.train import EvalSets, soft_cross_entropy, summarize, train_student, train_students
+
+
+def _data(tiny_ds):
+    x = tiny_ds.normalize(tiny_ds.train_images[:40])
+    y = F.one_hot(tiny_ds.train_targets[:40], 4).float()
+    ev = EvalSets(tiny_ds.normalize(tiny_ds.test_images), tiny_ds.test_targets,
+                  tiny_ds.normalize(tiny_ds.train_images[200:]), tiny_ds.train_targets[200:])
+    return x, y, ev
+
+
+def test_soft_cross_entropy_equals_torch_with_probability_targets():
+    logits = torch.randn(7, 5)
+    p = torch.softmax(torch.randn(7, 5), 1)
+    assert torch.allclose(soft_cross_entropy(logits, p), torch.nn.CrossEntropyLoss()(logits, p), atol=1e-6)
+    hard = torch.randint(0, 5, (7,))
+    assert torch.allclose(soft_cross_entropy(logits, F.one_hot(hard, 5).float()), F.cross_entropy(logits, hard),
+                          atol=1e-6)
+
+
+def test_same_seed_same_student_different_seed_different(tiny_ds, tiny_student):
+    x, y, ev = _data(tiny_ds)
+    a = train_student(x, y, tiny_student, seed=3, evals=ev)
+    b = train_student(x, y, tiny_student, seed=3, evals=ev)
+    c = train_student(x, y, tiny_student, seed=4, evals=ev)
+    assert a.test_acc == b.test_acc and a.per_class == b.per_class and a.val_acc == b.val_acc
+    assert (a.test_acc, a.per_class) != (c.test_acc, c.per_class) or a.train_acc != c.train_acc
+
+
+def test_student_learns_the_training_set(tiny_ds):
+    x, y, ev = _data(tiny_ds)
+    r = train_student(x, y, StudentRecipe(model="convnet-d3", width=16, epochs=40, lr=0.05, dsa=False,
+                                          precision="fp32", compile="off", batch_size=40), seed=0, evals=ev)
+    assert r.train_acc == 1.0
+    assert r.test_acc > 0.5  # 4 classes: chance is 0.25
+
+
+def test_paper_protocol_records_checkpoints_and_max(tiny_ds):
+    x, y, ev = _data(tiny_ds)
+    rec = StudentRecipe(model="convnet-d3", width=8, epochs=6, eval_every=2, precision="fp32", compile="off")
+    r = train_student(x, y, rec, seed=0, evals=ev, protocol="paper")
+    assert [e for e, _ in r.curve] == [2, 4, 6]
+    assert r.paper_acc == max(a for _, a in r.curve)
+    assert r.curve[-1][1] == r.test_acc
+    clean = train_student(x, y, rec, seed=0, evals=ev, protocol="clean")
+    assert clean.paper_acc is None and [e for e, _ in clean.curve] == [6]
+    assert clean.test_acc == r.test_acc  # evaluation does not perturb training
+
+
+def test_train_students_and_summary(tiny_ds, tiny_student):
+    x, y, ev = _data(tiny_ds)
+    res = train_students(x, y, tiny_student, seeds=[0, 1], evals=ev)
+    s = summarize(res, "clean")
+    assert s["n"] == 2 and 0 <= s["mean"] <= 1
+    with pytest.raises(ValueError, match="seeds"):
+        train_students(x, y, tiny_student, seeds=[], evals=ev)
+
+
+def test_bad_labels_are_rejected(tiny_ds, tiny_student):
+    x, y, ev = _data(tiny_ds)
+    bad = y.clone()
+    bad[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        train_student(x, bad, tiny_student, seed=0)
+    with pytest.raises(ValueError, match="rows"):
+        train_student(x, y[:10], tiny_student, seed=0)
+    with pytest.raises(ValueError, match="protocol"):
+        train_student(x, y, tiny_student, seed=0, protocol="best")
+
+
+def test_recipe_validation():
+    with pytest.raises(ValueError, match="optimizer"):
+        StudentRecipe(optimizer="adam")
+    with pytest.raises(ValueError):
+        StudentRecipe(epochs=0)
+    assert StudentRecipe(optimizer="adamw").resolved_weight_decay == 0.01
+    assert StudentRecipe().resolved_weight_decay == 5e-4
