@@ -51,9 +51,7 @@ def choose_epochs(lab: Lab, preset: Preset, expert, *, protocol: str) -> tuple[d
     sweep: dict[int, dict[int, float]] = {}
     chosen: dict[int, int] = {}
     for ipc in preset.ipcs:
-        recipe = preset.student_for(ipc)
-        if preset.sweep_student_epochs:
-            recipe = recipe.replace(epochs=min(recipe.epochs, preset.sweep_student_epochs))
+        recipe = preset.sweep_student_for(ipc)
         sweep[ipc] = {}
         for e in candidates:
             res = lab.evaluate(ipc=ipc, label=LabelSpec(kind="soft", expert_epoch=e), student=recipe,

@@ -164,11 +164,18 @@ class Preset:
     sweep_epochs: tuple[int, ...] = ()
     sweep_student_epochs: int | None = None
     student_epochs_by_ipc: dict[int, int] = field(default_factory=dict)
+    sweep_epochs_by_ipc: dict[int, int] = field(default_factory=dict)
     description: str = ""
 
     def student_for(self, ipc: int) -> StudentRecipe:
         e = self.student_epochs_by_ipc.get(ipc)
         return self.student if e is None else self.student.replace(epochs=e)
+
+    def sweep_student_for(self, ipc: int) -> StudentRecipe:
+        """The (shorter) student used to choose the expert epoch on validation."""
+        r = self.student_for(ipc)
+        e = self.sweep_epochs_by_ipc.get(ipc, self.sweep_student_epochs)
+        return r if e is None else r.replace(epochs=min(r.epochs, e))
 
 
 PRESETS: dict[str, Preset] = {}
@@ -182,14 +189,17 @@ def register_preset(p: Preset) -> Preset:
 register_preset(Preset(
     name="default",
     data=DataSpec(),
-    expert=ExpertRecipe(model="convnet-d3", width=64, epochs=10, train_images=10000, precision="auto"),
-    student=StudentRecipe(model="convnet-d3", width=64, epochs=300),
+    expert=ExpertRecipe(model="convnet-d3", width=32, epochs=10, train_images=10000, momentum=0.9,
+                        precision="auto"),
+    student=StudentRecipe(model="convnet-d3", width=32, epochs=300),
     ipcs=(1, 10, 50),
     seeds=3,
-    sweep_epochs=(1, 2, 4, 10),
+    sweep_epochs=(1, 3, 10),
     sweep_student_epochs=150,
-    student_epochs_by_ipc={1: 300, 10: 200, 50: 100},
-    description="CPU: width-64 ConvNet-3, a 10-epoch expert on 10k images per epoch, short students",
+    student_epochs_by_ipc={1: 300, 10: 150, 50: 50},
+    sweep_epochs_by_ipc={1: 150, 10: 100, 50: 25},
+    description="CPU: width-32 ConvNet-3; a 10-epoch expert (10k images per epoch, SGD momentum 0.9, bf16 "
+                "where native); short students (300/150/50 epochs at IPC 1/10/50)",
 ))
 
 register_preset(Preset(

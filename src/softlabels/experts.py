@@ -119,7 +119,7 @@ def train_expert(prepared: PreparedData, recipe: ExpertRecipe, *, root: str | Pa
 
     def evaluate(loss: float, wall: float, epoch: int) -> dict:
         rec = {"epoch": epoch, "loss": loss, "wall_s": wall,
-               "train_acc": accuracy(predict(model, x_train[:10000], amp_dtype=amp), y_train[:10000])}
+               "train_acc": accuracy(predict(model, x_train[:2000], amp_dtype=amp), y_train[:2000])}
         for part, (x, y) in evals.items():
             rec[f"{part}_acc"] = accuracy(predict(model, x, amp_dtype=amp), y)
         return rec

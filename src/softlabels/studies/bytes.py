@@ -222,9 +222,7 @@ def choose_expert_epoch(lab: Lab, preset: Preset, expert, *, ipc: int | None = N
     else:
         ipcs = sorted(preset.ipcs) or [1]
         ipc = min(ipc or ipcs[len(ipcs) // 2], pool_limit(lab))
-        recipe = preset.student_for(ipc)
-        if preset.sweep_student_epochs:
-            recipe = recipe.replace(epochs=min(recipe.epochs, preset.sweep_student_epochs))
+        recipe = preset.sweep_student_for(ipc)
         val = {}
         for e in candidates:
             res = lab.evaluate(

@@ -1,0 +1,208 @@
+"""Student-engine benchmark: the reference loop vs softlabels' engine, measured in one run.
+
+(a) a re-creation of the reference code's student loop (TensorDataset + DataLoader(batch 256,
+    shuffle) + per-batch DSA in the reference's style (torch.rand on the global RNG, F.affine_grid) +
+    nn.CrossEntropyLoss, fp32, one student at a time, eval at batch 128), and
+(b) the engine as ``softlabels`` runs it (data on the device, index batches, batched DSA, bf16 where
+    native, torch.compile when the work repays its warm-up, eval at batch 2048),
+
+on the same Fashion-MNIST images, model (ConvNet-3, width 128 unless --width) and epochs, at IPC 1,
+10 and 50. Prints seconds per student-epoch, the ratio (a)/(b), test-evaluation time, the accuracy of
+both after the same epochs, and achieved GFLOP/s against a matmul peak measured in this run.
+
+    python benchmarks/students.py --quick        # < 3 minutes on 2 cores
+    python benchmarks/students.py                # more epochs, 3 seeds for the accuracy comparison
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
+
+from softlabels.config import StudentRecipe
+from softlabels.data import load_dataset
+from softlabels.selection import random_per_class
+from softlabels.train import EvalSets, init_model, predict, resolve_precision, train_student
+
+
+# ---- (a) the reference loop ---------------------------------------------------------------------
+def ref_dsa(x: torch.Tensor) -> torch.Tensor:
+    """The reference DiffAugment 'S' mode: one family per batch, parameters from the global RNG."""
+    fam = ["color", "crop", "cutout", "flip", "scale", "rotate"][int(torch.randint(6, (1,)))]
+    n, _, h, w = x.shape
+    if fam == "color":
+        x = x + (torch.rand(n, 1, 1, 1) - 0.5)
+        m = x.mean(dim=1, keepdim=True)
+        x = (x - m) * (torch.rand(n, 1, 1, 1) * 2.0) + m
+        m = x.mean(dim=[1, 2, 3], keepdim=True)
+        return (x - m) * (torch.rand(n, 1, 1, 1) + 0.5) + m
+    if fam == "crop":
+        sh, sw = int(h * 0.125 + 0.5), int(w * 0.125 + 0.5)
+        tx = torch.randint(-sh, sh + 1, size=[n, 1, 1])
+        ty = torch.randint(-sw, sw + 1, size=[n, 1, 1])
+        gb, gx, gy = torch.meshgrid(torch.arange(n), torch.arange(h), torch.arange(w), indexing="ij")
+        gx = torch.clamp(gx + tx + 1, 0, h + 1)
+        gy = torch.clamp(gy + ty + 1, 0, w + 1)
+        xp = F.pad(x, [1, 1, 1, 1, 0, 0, 0, 0])
+        return xp.permute(0, 2, 3, 1).contiguous()[gb, gx, gy].permute(0, 3, 1, 2)
+    if fam == "cutout":
+        ch, cw = int(h * 0.5 + 0.5), int(w * 0.5 + 0.5)
+        ox = torch.randint(0, h + (1 - ch % 2), size=[n, 1, 1])
+        oy = torch.randint(0, w + (1 - cw % 2), size=[n, 1, 1])
+        gb, gx, gy = torch.meshgrid(torch.arange(n), torch.arange(ch), torch.arange(cw), indexing="ij")
+        gx = torch.clamp(gx + ox - ch // 2, min=0, max=h - 1)
+        gy = torch.clamp(gy + oy - cw // 2, min=0, max=w - 1)
+        mask = torch.ones(n, h, w)
+        mask[gb, gx, gy] = 0
+        return x * mask.unsqueeze(1)
+    if fam == "flip":
+        r = torch.rand(n, 1, 1, 1)
+        return torch.where(r < 0.5, x.flip(3), x)
+    if fam == "scale":
+        sx = torch.rand(n) * (1.2 - 1 / 1.2) + 1 / 1.2
+        sy = torch.rand(n) * (1.2 - 1 / 1.2) + 1 / 1.2
+        theta = [[[sx[i], 0, 0], [0, sy[i], 0]] for i in range(n)]
+        theta = torch.tensor(theta, dtype=torch.float)
+    else:
+        t = (torch.rand(n) - 0.5) * 2 * 15 / 180 * float(np.pi)
+        theta = [[[torch.cos(t[i]), torch.sin(-t[i]), 0], [torch.sin(t[i]), torch.cos(t[i]), 0]] for i in range(n)]
+        theta = torch.tensor(theta, dtype=torch.float)
+    grid = F.affine_grid(theta, x.shape, align_corners=True)
+    return F.grid_sample(x, grid, align_corners=True)
+
+
+def ref_train(images, labels, *, width, epochs, seed, lr=0.01):
+    torch.manual_seed(seed)
+    net = init_model("convnet-d3", width, seed=seed, in_channels=images.shape[1], num_classes=labels.shape[1],
+                     image_size=tuple(images.shape[2:]), device=torch.device("cpu"))
+    opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=max(1, epochs // 4), gamma=0.3)
+    loader = DataLoader(TensorDataset(images, labels), batch_size=256, shuffle=True)
+    crit = nn.CrossEntropyLoss()
+    net.train()
+    for _ in range(epochs):
+        for xb, yb in loader:
+            out = net(ref_dsa(xb))
+            loss = crit(out, yb)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        sched.step()
+    return net
+
+
+def ref_eval(net, x, y) -> tuple[float, float]:
+    net.eval()
+    t0 = time.perf_counter()
+    correct = 0
+    with torch.no_grad():
+        for i in range(0, x.shape[0], 128):
+            correct += int((net(x[i:i + 128]).argmax(1) == y[i:i + 128]).sum())
+    return correct / x.shape[0], time.perf_counter() - t0
+
+
+# ---- FLOPs and peak -----------------------------------------------------------------------------
+def train_flops_per_image(net: nn.Module, shape) -> float:
+    """Multiply-adds of conv/linear layers x 2 (FLOPs) x 3 (forward + backward)."""
+    macs = []
+
+    def hook(m, inp, out):
+        if isinstance(m, nn.Conv2d):
+            macs.append(out.numel() * m.in_channels * m.kernel_size[0] * m.kernel_size[1] / m.groups)
+        elif isinstance(m, nn.Linear):
+            macs.append(out.numel() * m.in_features)
+
+    hs = [m.register_forward_hook(hook) for m in net.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    with torch.no_grad():
+        net(torch.zeros(1, *shape))
+    for h in hs:
+        h.remove()
+    return 2 * 3 * sum(macs)
+
+
+def matmul_peak(dtype=torch.float32, n=1024, reps=10) -> float:
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    t = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        a @ b
+        t.append(time.perf_counter() - t0)
+    return 2 * n**3 / statistics.median(t) / 1e9
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--width", type=int, default=128)
+    ap.add_argument("--ipc", type=int, nargs="+", default=[1, 10, 50])
+    ap.add_argument("--seeds", type=int, default=None)
+    ap.add_argument("--compile", default="auto", choices=["auto", "on", "off"])
+    ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+    args = ap.parse_args()
+    ds = load_dataset("fashion-mnist")
+    test_x, test_y = ds.normalize(ds.test_images), ds.test_targets
+    evals = EvalSets(test_x, test_y)
+    seeds = args.seeds or (1 if args.quick else 3)
+    epochs = ({1: 60, 10: 20, 50: 4} if args.quick else {1: 300, 10: 100, 50: 30})
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, width {args.width}, "
+          f"engine precision={args.precision} compile={args.compile}")
+    peak32, peak16 = matmul_peak(), matmul_peak(torch.bfloat16)
+    print(f"matmul peak: fp32 {peak32:.0f} GFLOP/s, bf16 {peak16:.0f} GFLOP/s (1024x1024, median)")
+    amp = resolve_precision(args.precision, torch.device("cpu"))
+    for ipc in args.ipc:
+        pos = random_per_class(ds.train_targets, ipc=ipc, num_classes=10, seed=0)
+        x = ds.normalize(ds.train_images[pos])
+        y = F.one_hot(ds.train_targets[pos], 10).float()
+        e = epochs.get(ipc, 10)
+        flops = train_flops_per_image(init_model("convnet-d3", args.width, seed=0, in_channels=1, num_classes=10,
+                                                 image_size=(28, 28), device=torch.device("cpu")), (1, 28, 28))
+        ref_t, ref_acc, ref_ev = [], [], []
+        our_t, our_acc, our_ev = [], [], []
+        recipe = StudentRecipe(model="convnet-d3", width=args.width, epochs=e, precision=args.precision,
+                               compile=args.compile)
+        compile_on = args.compile == "on" or (args.compile == "auto" and e * max(1, -(-len(x) // 256)) * seeds >= 4000)
+        if compile_on:  # warm-up once per shape, reported separately (amortised over a study's students)
+            t0 = time.perf_counter()
+            train_student(x, y, recipe.replace(epochs=2), seed=99, evals=None, compile_model=True)
+            warm = time.perf_counter() - t0
+        for s in range(seeds):
+            t0 = time.perf_counter()
+            net = ref_train(x, y, width=args.width, epochs=e, seed=s)
+            ref_t.append((time.perf_counter() - t0) / e)
+            acc, ev = ref_eval(net, test_x, test_y)
+            ref_acc.append(acc)
+            ref_ev.append(ev)
+            r = train_student(x, y, recipe, seed=s, evals=evals, compile_model=compile_on)
+            our_t.append(r.train_s / e)
+            our_acc.append(r.test_acc)
+            # the engine's evaluation path, timed alone on the same model shape
+            net2 = init_model("convnet-d3", args.width, seed=s, in_channels=1, num_classes=10, image_size=(28, 28),
+                              device=torch.device("cpu"))
+            t0 = time.perf_counter()
+            predict(net2, test_x, amp_dtype=amp)
+            our_ev.append(time.perf_counter() - t0)
+        rt, ot = statistics.median(ref_t), statistics.median(our_t)
+        print(f"IPC {ipc:3d} ({len(x)} images, {e} epochs, {seeds} seed(s)):")
+        print(f"  per student-epoch: reference {rt * 1e3:8.1f} ms   softlabels {ot * 1e3:8.1f} ms   "
+              f"ratio {rt / ot:5.2f}x" + (f"   (compile warm-up {warm:.0f} s, once per shape)" if compile_on else ""))
+        print(f"  test evaluation (10k): reference {statistics.median(ref_ev):6.2f} s   softlabels "
+              f"{statistics.median(our_ev):6.2f} s   ratio {statistics.median(ref_ev) / statistics.median(our_ev):5.2f}x")
+        print(f"  test accuracy after {e} epochs: reference {100 * np.mean(ref_acc):5.1f} ± {100 * np.std(ref_acc):.1f}"
+              f"   softlabels {100 * np.mean(our_acc):5.1f} ± {100 * np.std(our_acc):.1f}")
+        gf = flops * len(x)
+        print(f"  achieved: reference {gf / rt / 1e9:6.1f} GFLOP/s ({100 * gf / rt / 1e9 / peak32:4.1f}% of fp32 peak)"
+              f"   softlabels {gf / ot / 1e9:6.1f} GFLOP/s ({100 * gf / ot / 1e9 / (peak16 if amp else peak32):4.1f}% "
+              f"of {'bf16' if amp else 'fp32'} peak)")
+
+
+if __name__ == "__main__":
+    main()
