@@ -121,11 +121,14 @@ class BudgetAnswer:
         }
         for name in ("best_hard", "best_soft", "best_overall"):
             c = getattr(self, name)
-            out[name] = (
-                None if c is None else {f.name: getattr(c, f.name) for f in fields(c) if f.name != "config"}
-            )
+            out[name] = None if c is None else _cell_fields(c)
         out["config"] = self.cell.config if self.cell is not None else None
         return out
+
+
+def _cell_fields(cell: Cell) -> dict[str, Any]:
+    """A cell's fields without its config: what a :class:`BudgetAnswer` repeats of its chosen cell."""
+    return {f.name: getattr(cell, f.name) for f in fields(cell) if f.name != "config"}
 
 
 # ------------------------------------------------------------------------------------------- cells
@@ -335,23 +338,8 @@ def best_within_budget(
     fits = sum(c.bytes_total <= budget for c in pool)
     return BudgetAnswer(
         budget=budget,
-        ipc=best.ipc,
-        label_kind=best.label_kind,
-        expert_epoch=best.expert_epoch,
-        label_codec=best.label_codec,
-        image_codec=best.image_codec,
-        transform=best.transform,
-        mean=best.mean,
-        std=best.std,
-        n=best.n,
-        bytes_images=best.bytes_images,
-        bytes_labels=best.bytes_labels,
-        bytes_total=best.bytes_total,
+        **_cell_fields(best),
         traded="; ".join(parts),
-        val_mean=best.val_mean,
-        study=best.study,
-        model=best.model,
-        student_epochs=best.student_epochs,
         selected_on=select_on,
         fits=fits,
         cell=best,
@@ -392,8 +380,15 @@ def fill_budget(
     already stored are not repeated. The answer is :func:`best_within_budget` over ``study`` (default
     "bytes"; None for every study) on the lab's dataset and data split.
     """
-    from .distill import build_compressed_set
-    from .studies.bytes import FULL_IPCS, QUICK_IPCS, cell_label, evaluate_cell, resolve_plan
+    from .studies.bytes import (
+        FULL_IPCS,
+        QUICK_IPCS,
+        build_cell_set,
+        cell_experts,
+        cell_label,
+        evaluate_cell,
+        resolve_plan,
+    )
 
     budget = parse_size(budget_bytes)
     if not 0 < lower <= 1:
@@ -415,18 +410,10 @@ def fill_budget(
     for ic in plan.image_codecs:
         for codec in plan.codecs:
             label = cell_label(codec, chosen_epoch)
-            experts = [expert] if label.kind == "soft" else []
+            experts = cell_experts(label, expert)
             band, last_fit = [], None
             for ipc in sorted(plan.ipcs):
-                cset = build_compressed_set(
-                    lab.prepared,
-                    ipc=ipc,
-                    label=label,
-                    experts=experts,
-                    seed=0,
-                    image_codec=ic,
-                    device=lab.device,
-                )
+                cset = build_cell_set(lab, ipc=ipc, label=label, experts=experts, image_codec=ic)
                 size = cset.nbytes["total"]
                 if size > budget:
                     break

@@ -116,7 +116,10 @@ class Lab:
                                   image_codec=image_codec)
             rec = self.store.get(ResultsStore.key(cfg))
             if rec is not None:
-                out.append({"config": rec.config, "metrics": rec.metrics, "nbytes": rec.nbytes,
+                metrics = dict(rec.metrics)
+                if eval_classes is not None:
+                    metrics["class_acc"] = _class_acc(metrics["per_class"], eval_classes)
+                out.append({"config": rec.config, "metrics": metrics, "nbytes": rec.nbytes,
                             "wall_s": rec.wall_s, "cached": True})
             else:
                 todo.append((seed, cfg))
@@ -140,8 +143,7 @@ class Lab:
                 metrics = res.to_dict()
                 metrics["final_acc"] = res.test_acc
                 if eval_classes is not None:
-                    pc = torch.tensor(res.per_class)
-                    metrics["class_acc"] = float(pc[list(eval_classes)].nanmean())
+                    metrics["class_acc"] = _class_acc(res.per_class, eval_classes)
                 metrics["nbytes_images"], metrics["nbytes_labels"] = nb["images"], nb["labels"]
                 wall = time.perf_counter() - t0
                 self.store.put(cfg, metrics, study=study, wall_s=wall, nbytes=nb["total"],
@@ -163,3 +165,8 @@ class Lab:
                       TimeElapsedColumn(), transient=True) as p:
             task = p.add_task(what, total=total)
             yield lambda k=1: p.advance(task, k)
+
+
+def _class_acc(per_class: Sequence[float], classes: Sequence[int]) -> float:
+    """Accuracy on the test images of ``classes`` (mean of their per-class accuracies)."""
+    return float(torch.tensor([per_class[c] for c in classes], dtype=torch.float64).nanmean())

@@ -35,26 +35,31 @@ def random_per_class(targets: torch.Tensor, *, ipc: int, num_classes: int, seed:
 def by_score_bin(targets: torch.Tensor, scores: torch.Tensor, *, ipc: int, num_classes: int, bin: int,
                  num_bins: int = 10, seed: int = 0) -> torch.Tensor:
     """``ipc`` random images per class from difficulty bin ``bin`` (0 = lowest score) of ``num_bins``
-    equal-count per-class quantile bins of ``scores`` (e.g. the expert's -log p_y).
+    equal-count per-class bins of ``scores`` (e.g. the expert's -log p_y), as
+    :func:`softlabels.labels.diagnostics.difficulty_bins` cuts them.
 
-    Unlike the reference code, images within a bin are drawn at random (not lowest index first), and a
-    bin smaller than ``ipc`` tops up from the next bins.
+    Unlike the reference code, images within a bin are drawn at random (not lowest index first). A bin
+    smaller than ``ipc`` is topped up from the following bins, then (for the last bins) the preceding ones.
     """
+    from .labels.diagnostics import difficulty_bins
+
     check_positive_int("ipc", ipc)
     if not 0 <= bin < num_bins:
         raise ValueError(f"bin must be in 0..{num_bins - 1}, got {bin}")
     g = torch.Generator().manual_seed(int(seed))
+    bins = difficulty_bins(scores, targets, num_bins=num_bins, num_classes=num_classes)
     out = []
     for c in range(num_classes):
-        idx = torch.nonzero(targets == c).flatten()
-        if idx.numel() < ipc:
-            raise ValueError(f"class {c} has only {idx.numel()} images; ipc={ipc} is too large")
-        order = idx[torch.argsort(scores[idx], stable=True)]
-        edges = torch.linspace(0, idx.numel(), num_bins + 1).round().long()
-        lo = int(edges[bin])
-        size = max(int(edges[bin + 1]) - lo, ipc)
-        cand = order[lo:lo + size] if lo + size <= order.numel() else order[-size:]
-        out.append(cand[torch.randperm(cand.numel(), generator=g)[:ipc]].sort().values)
+        chosen = bins[c][bin]
+        if chosen.numel() < ipc:
+            order = list(range(bin + 1, num_bins)) + list(range(bin - 1, -1, -1))
+            extra = [bins[c][b] for b in order]
+            pool = torch.cat([chosen, *extra])
+            if pool.numel() < ipc:
+                raise ValueError(f"class {c} has only {pool.numel()} images; ipc={ipc} is too large")
+            out.append(pool[:ipc].sort().values)
+            continue
+        out.append(chosen[torch.randperm(chosen.numel(), generator=g)[:ipc]].sort().values)
     return torch.cat(out)
 
 

@@ -19,13 +19,12 @@ from typing import Any
 
 from ..codecs import image_codec as _image_codec
 from ..codecs import label_codec as _label_codec
-from ..config import LabelSpec, Preset, StudentRecipe, get_preset
+from ..config import LabelSpec, Preset, StudentRecipe
 from ..frontier import pareto_front
 from ..lab import Lab
 from ..selection import random_per_class
 from ..validation import check_choice, check_positive_int, parse_size
-from . import base as _base
-from .base import StudyResult, mean_std, metric_of, register_study, study_dir
+from .base import StudyResult, mean_std, metric_of, register_study, resolve_preset, study_dir
 
 __all__ = [
     "DEFAULT_BUDGETS",
@@ -161,13 +160,6 @@ class BytesPlan:
         return self.preset.student_for(ipc)
 
 
-def _preset(scale: str, preset: Preset | str | None) -> Preset:
-    check_choice("scale", scale, _base.SCALES)
-    if preset is None:
-        return _base.base_settings(scale)
-    return get_preset(preset) if isinstance(preset, str) else preset
-
-
 def pool_limit(lab: Lab) -> int:
     """The largest IPC the training pool supports (images of the rarest class)."""
     import torch
@@ -261,7 +253,7 @@ def resolve_plan(
     ``image_codec``: "auto" (the smallest lossless codec measured on the grid's images, or on
     ``measure_ipcs``), a codec name, or several names (a grid axis).
     """
-    p = _preset(scale, preset)
+    p = resolve_preset(scale, preset)
     limit = pool_limit(lab)
     grid = _ints("ipcs", ipcs) or (QUICK_IPCS if scale == "quick" else FULL_IPCS)
     skipped: dict[str, list] = {}
@@ -344,6 +336,26 @@ def cell_label(codec: str, expert_epoch: int | None) -> LabelSpec:
     return LabelSpec(kind="soft", expert_epoch=expert_epoch, codec=codec)
 
 
+def cell_experts(label: LabelSpec, expert) -> list:
+    """The experts a cell's labels come from: the expert for soft labels, none for hard labels."""
+    return [expert] if expert is not None and label.kind == "soft" else []
+
+
+def build_cell_set(lab: Lab, *, ipc: int, label: LabelSpec, experts: Sequence, image_codec: str):
+    """The stored set of one cell: the grid's real images (image seed ``IMAGE_SEED``) with ``label``."""
+    from ..distill import build_compressed_set
+
+    return build_compressed_set(
+        lab.prepared,
+        ipc=ipc,
+        label=label,
+        experts=experts,
+        seed=IMAGE_SEED,
+        image_codec=image_codec,
+        device=lab.device,
+    )
+
+
 def evaluate_cell(
     lab: Lab,
     plan: BytesPlan,
@@ -357,21 +369,11 @@ def evaluate_cell(
     study: str = STUDY,
 ) -> list[dict]:
     """Run (or read back) one cell through :meth:`Lab.evaluate`; the image codec is part of its config."""
-    from ..distill import build_compressed_set
-
     label = cell_label(codec, expert_epoch)
-    experts = [expert] if expert is not None and label.kind == "soft" else []
+    experts = cell_experts(label, expert)
 
     def build():
-        return build_compressed_set(
-            lab.prepared,
-            ipc=ipc,
-            label=label,
-            experts=experts,
-            seed=IMAGE_SEED,
-            image_codec=image_codec,
-            device=lab.device,
-        )
+        return build_cell_set(lab, ipc=ipc, label=label, experts=experts, image_codec=image_codec)
 
     res = lab.evaluate(
         ipc=ipc,

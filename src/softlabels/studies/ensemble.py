@@ -14,8 +14,6 @@ trains the preset's full recipe).
 
 from __future__ import annotations
 
-import csv
-import io
 from collections.abc import Sequence
 from typing import Any
 
@@ -30,18 +28,8 @@ from ..labels.diagnostics import entropy, js_distance
 from ..labels.generate import expert_logits
 from ..selection import random_per_class
 from ..validation import check_positive_int
-from .base import StudyResult, register_study, study_dir
-from .scaling import (
-    cell_stats,
-    epochs_per_ipc,
-    finite,
-    int_list,
-    pct,
-    pyplot,
-    resolve_preset,
-    seed_list,
-    student_recipe,
-)
+from .base import StudyResult, int_list, pct, register_study, resolve_preset, rows_csv, seed_list, study_dir
+from .scaling import cell_stats, epochs_per_ipc, finite, pyplot, student_recipe
 
 NAME = "ensemble"
 QUICK_N, FULL_N = 3, 5
@@ -192,14 +180,8 @@ def _finding(rows: list[dict], label_rows: list[dict], epochs: dict[int, int], n
 
 
 def _write_csv(path, rows: list[dict]) -> None:
-    if not rows:
-        return
-    cols = list(dict.fromkeys(k for r in rows for k in r))
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=cols)
-    w.writeheader()
-    w.writerows(rows)
-    atomic_write_text(path, buf.getvalue())
+    if rows:
+        atomic_write_text(path, rows_csv(rows))
 
 
 def _plot(rows, label_rows, n, path, *, dataset: str):

@@ -5,25 +5,25 @@ the expert at that epoch. The epoch is chosen on validation accuracy; test accur
 expert's own test accuracy and the mean entropy of the labels are recorded beside each cell (Fig. 2).
 
 This module also holds the helpers shared by the studies of this file group (temperature, swap,
-knowledge): option validation, the quick/full base settings and the per-IPC expert-epoch choice.
+knowledge): the group's option defaults, its quick/full student settings and the per-IPC expert-epoch
+choice (the option checks themselves live in :mod:`.base`).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import replace
 from typing import Any
 
-from ..config import LabelSpec, Preset, StudentRecipe, get_preset
+from ..config import LabelSpec, Preset, StudentRecipe
 from ..distill import label_images
 from ..experts import Trajectory
 from ..lab import Lab
 from ..labels.diagnostics import entropy
 from ..selection import random_per_class
-from ..validation import check_choice, check_positive_float, check_positive_int
+from ..validation import check_positive_int
 from . import base
-from .base import SCALES, StudyResult, mean_std, metric_of, register_study, study_dir
+from .base import StudyResult, int_list, mean_std, metric_of, pct, register_study, study_dir
 
 NAME = "expert-epoch"
 QUICK_IPCS = (1, 10)
@@ -39,54 +39,45 @@ PROTOCOL_NOTE = ("clean protocol: expert trained on the train pool (validation s
 # helpers shared by the studies of this group
 
 
-def resolve_preset(scale: str, preset: Preset | str | None) -> Preset:
-    """The study's base settings: ``preset`` if given, else ``base_settings(scale)``."""
-    check_choice("scale", scale, SCALES)
-    if preset is None:
-        return base.base_settings(scale)
-    if isinstance(preset, str):
-        return get_preset(preset)
-    if isinstance(preset, Preset):
-        return preset
-    raise TypeError(f"preset must be a Preset or a preset name, got {type(preset).__name__}")
-
-
-def int_list(name: str, values: Any, *, minimum: int = 1, maximum: int | None = None) -> list[int]:
-    """A non-empty list of distinct integers in ``[minimum, maximum]``, sorted."""
-    if isinstance(values, int) and not isinstance(values, bool):
-        values = [values]
-    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or not values:
-        raise TypeError(f"{name} must be a non-empty list of integers, got {values!r}")
-    out = [check_positive_int(f"{name} entry", v, minimum=minimum) for v in values]
-    if maximum is not None and max(out) > maximum:
-        raise ValueError(f"{name} entries must be <= {maximum}, got {max(out)}")
-    return sorted(set(out))
-
-
-def float_list(name: str, values: Any) -> list[float]:
-    """A non-empty list of distinct positive finite numbers, sorted."""
-    if isinstance(values, (int, float)) and not isinstance(values, bool):
-        values = [values]
-    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or not values:
-        raise TypeError(f"{name} must be a non-empty list of numbers, got {values!r}")
-    return sorted({check_positive_float(f"{name} entry", v) for v in values})
-
-
-def seed_list(seeds: Any, *, default: int) -> list[int]:
-    """Student seeds: ``None`` (the default count), a count ``n`` (seeds 0..n-1) or a list of seeds."""
-    if seeds is None:
-        seeds = default
-    if isinstance(seeds, int) and not isinstance(seeds, bool):
-        return list(range(check_positive_int("seeds", seeds)))
-    return int_list("seeds", seeds, minimum=0)
-
-
 def default_seeds(scale: str, preset: Preset) -> int:
     return min(QUICK_SEEDS, preset.seeds) if scale == "quick" else preset.seeds
 
 
 def default_ipcs(scale: str, preset: Preset) -> tuple[int, ...]:
     return QUICK_IPCS if scale == "quick" else tuple(preset.ipcs)
+
+
+def group_options(scale: str, preset: Preset | str | None, ipcs: Sequence[int] | None,
+                  seeds: int | Sequence[int] | None, image_seed: int,
+                  *, ipcs_default: Sequence[int] | None = None) -> tuple[Preset, list[int], list[int], int]:
+    """The options every study of the group takes, checked: (preset, IPCs, student seeds, image seed).
+
+    IPCs default to ``ipcs_default`` if given, else :func:`default_ipcs`; seeds to :func:`default_seeds`.
+    """
+    p = base.resolve_preset(scale, preset)
+    if ipcs is None:
+        ipcs = default_ipcs(scale, p) if ipcs_default is None else ipcs_default
+    ipc_list = int_list("ipcs", ipcs)
+    seed_ids = base.seed_list(seeds, default=default_seeds(scale, p))
+    return p, ipc_list, seed_ids, check_positive_int("image_seed", image_seed, minimum=0)
+
+
+def epoch_grid(epochs: Sequence[int] | None, scale: str, last: int, *, quick: Sequence[int],
+               every: int) -> list[int]:
+    """``epochs`` (each <= the expert's ``last`` epoch), else the default grid: the ``quick`` epochs at quick
+    scale, every ``every``-th epoch from 1 at full scale; the default always includes ``last``."""
+    if epochs is not None:
+        return int_list("epochs", epochs, maximum=last)
+    grid = quick if scale == "quick" else range(1, last + 1, every)
+    return sorted({e for e in grid if e <= last} | {last})
+
+
+def group_settings(p: Preset, expert: Trajectory, recipes: dict[int, StudentRecipe], *, scale: str,
+                   ipcs: list[int], seeds: list[int], image_seed: int) -> dict[str, Any]:
+    """The settings every study of the group records (the study adds its own)."""
+    return {"expert": p.expert.to_dict(), "expert_key": expert.key,
+            "student": {i: r.to_dict() for i, r in recipes.items()}, "ipcs": ipcs, "seeds": seeds,
+            "image_seed": image_seed, "preset": p.name, "scale": scale}
 
 
 def student_recipe(preset: Preset, ipc: int, *, scale: str, student_epochs: int | None) -> StudentRecipe:
@@ -105,23 +96,9 @@ def chosen_epochs(lab: Lab, preset: Preset, expert: Trajectory, ipcs: Sequence[i
                   expert_epoch: int | dict | None) -> tuple[dict[int, int], str]:
     """Expert epoch per IPC: given explicitly, or the main job's validation sweep (shared runs)."""
     if expert_epoch is not None:
-        if isinstance(expert_epoch, dict):
-            missing = [i for i in ipcs if i not in expert_epoch]
-            if missing:
-                raise ValueError(f"expert_epoch has no entry for IPC {missing}")
-            epochs = {i: check_positive_int("expert_epoch", expert_epoch[i]) for i in ipcs}
-        else:
-            e = check_positive_int("expert_epoch", expert_epoch)
-            epochs = dict.fromkeys(ipcs, e)
-        bad = {i: e for i, e in epochs.items() if e > expert.epochs_done}
-        if bad:
-            raise ValueError(f"expert_epoch {bad} exceeds the expert's {expert.epochs_done} epochs")
-        return epochs, "given"
-    from ..baseline import choose_epochs
-
-    _, chosen = choose_epochs(lab, replace(preset, ipcs=tuple(ipcs)), expert, protocol="clean")
-    how = "validation sweep of the main job (study 'baseline-sweep', shared)"
-    return {i: int(chosen[i]) for i in ipcs}, how
+        return base.given_epochs(expert_epoch, ipcs, expert), "given"
+    return (base.sweep_epochs(lab, preset, expert, ipcs),
+            "validation sweep of the main job (study 'baseline-sweep', shared)")
 
 
 def cell_stats(res: list[dict]) -> dict[str, float | int]:
@@ -156,18 +133,8 @@ def expert_acc(expert: Trajectory, epoch: int, key: str = "test_acc") -> float:
     return float("nan")
 
 
-def pct(v: float) -> str:
-    return "n/a" if v is None or not math.isfinite(v) else f"{100 * v:.1f}%"
-
-
 # ---------------------------------------------------------------------------------------------------------
 # the study
-
-
-def default_epoch_grid(scale: str, last: int) -> list[int]:
-    """Quick: 1, 2, 4, 7 and the last epoch; full: every 2nd epoch from 1 (the paper's) and the last."""
-    grid = QUICK_EPOCH_GRID if scale == "quick" else range(1, last + 1, 2)
-    return sorted({e for e in grid if e <= last} | {last})
 
 
 @register_study(NAME, help="E2 / Fig. 2: student accuracy vs expert epoch (expert accuracy, label entropy)")
@@ -176,13 +143,11 @@ def study_expert_epoch(lab: Lab, *, scale: str = "quick", ipcs: Sequence[int] | 
                        student_epochs: int | None = None, image_seed: int = 0,
                        preset: Preset | str | None = None) -> StudyResult:
     """Per IPC, students on labels from every expert epoch of a grid; the best epoch by validation."""
-    p = resolve_preset(scale, preset)
-    ipc_list = int_list("ipcs", ipcs if ipcs is not None else default_ipcs(scale, p))
-    seed_ids = seed_list(seeds, default=default_seeds(scale, p))
-    image_seed = check_positive_int("image_seed", image_seed, minimum=0)
+    p, ipc_list, seed_ids, image_seed = group_options(scale, preset, ipcs, seeds, image_seed)
     expert = lab.expert(p.expert)
     last = expert.epochs_done
-    grid = int_list("epochs", epochs, maximum=last) if epochs is not None else default_epoch_grid(scale, last)
+    # default grid: quick 1, 2, 4, 7 and the last epoch; full every 2nd epoch from 1 (the paper's), the last
+    grid = epoch_grid(epochs, scale, last, quick=QUICK_EPOCH_GRID, every=2)
 
     rows: list[dict[str, Any]] = []
     recipes = {}
@@ -211,9 +176,9 @@ def study_expert_epoch(lab: Lab, *, scale: str = "quick", ipcs: Sequence[int] | 
     summary = {"chosen": chosen, "expert_last_epoch": last, "expert_test_acc_last": expert_acc(expert, last),
                "epoch_grid": grid}
     figs = [_plot(rows, chosen, study_dir(lab, NAME) / "expert_epoch.png", dataset=lab.data.name)]
-    settings = {"expert": p.expert.to_dict(), "expert_key": expert.key,
-                "student": {i: r.to_dict() for i, r in recipes.items()}, "ipcs": ipc_list, "seeds": seed_ids,
-                "epoch_grid": grid, "image_seed": image_seed, "preset": p.name, "scale": scale,
+    settings = {**group_settings(p, expert, recipes, scale=scale, ipcs=ipc_list, seeds=seed_ids,
+                                 image_seed=image_seed),
+                "epoch_grid": grid,
                 "label_entropy": "mean Shannon entropy (nats) of the soft labels of the cell's images"}
     return StudyResult(NAME, rows, summary, figs, "clean", settings, _finding(chosen, last))
 

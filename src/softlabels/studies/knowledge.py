@@ -29,17 +29,8 @@ from ..experts import Trajectory
 from ..lab import Lab
 from ..train import per_class_accuracy, predict
 from ..validation import check_choice, check_positive_int
-from .base import StudyResult, mean_std, metric_of, register_study, study_dir
-from .expert_epoch import (
-    chosen_epochs,
-    default_ipcs,
-    default_seeds,
-    int_list,
-    pct,
-    resolve_preset,
-    seed_list,
-    student_recipe,
-)
+from .base import StudyResult, int_list, mean_std, metric_of, pct, register_study, study_dir
+from .expert_epoch import chosen_epochs, group_options, group_settings, student_recipe
 
 NAME = "knowledge"
 TREATMENTS = ("control", "remove-images", "remove-knowledge")
@@ -99,10 +90,7 @@ def study_knowledge(lab: Lab, *, scale: str = "quick", ipcs: Sequence[int] | Non
                     expert_epoch: int | dict | None = None, image_seed: int = 0,
                     preset: Preset | str | None = None) -> StudyResult:
     """Per IPC and subject class: accuracy on the subject's test images under the three treatments."""
-    p = resolve_preset(scale, preset)
-    ipc_list = int_list("ipcs", ipcs if ipcs is not None else default_ipcs(scale, p))
-    seed_ids = seed_list(seeds, default=default_seeds(scale, p))
-    image_seed = check_positive_int("image_seed", image_seed, minimum=0)
+    p, ipc_list, seed_ids, image_seed = group_options(scale, preset, ipcs, seeds, image_seed)
     if not isinstance(renorm, bool):
         raise TypeError(f"renorm must be True or False, got {renorm!r}")
     prep = lab.prepared
@@ -155,13 +143,13 @@ def study_knowledge(lab: Lab, *, scale: str = "quick", ipcs: Sequence[int] | Non
 
     summary = {str(ipc): _summarize([r for r in rows if r["ipc"] == ipc], c) for ipc in ipc_list}
     figs = [_plot(rows, c, study_dir(lab, NAME) / "knowledge.png", dataset=lab.data.name)]
-    settings = {"expert": p.expert.to_dict(), "expert_key": expert.key, "expert_epochs": epochs,
-                "expert_epoch_choice": how, "student": {i: r.to_dict() for i, r in recipes.items()},
-                "ipcs": ipc_list, "seeds": seed_ids, "subjects": subject_list, "renorm": renorm,
+    settings = {**group_settings(p, expert, recipes, scale=scale, ipcs=ipc_list, seeds=seed_ids,
+                                 image_seed=image_seed),
+                "expert_epochs": epochs, "expert_epoch_choice": how, "subjects": subject_list,
+                "renorm": renorm,
                 "subject_choice": ("given" if subjects is not None else
                                    "spread from easiest to hardest by the final expert's per-class "
                                    "validation accuracy"),
-                "image_seed": image_seed, "preset": p.name, "scale": scale,
                 "metric": "test accuracy on the subject class's test images, final student epoch"}
     finding = " ".join(_finding(int(ipc), s) for ipc, s in summary.items())
     return StudyResult(NAME, rows, summary, figs, "clean", settings, finding)

@@ -29,8 +29,8 @@ from ..labels.diagnostics import (
 )
 from ..selection import random_per_class
 from ..validation import check_positive_int
-from .base import StudyResult, register_study, study_dir
-from .scaling import finite, int_list, pct, pyplot, resolve_preset
+from .base import StudyResult, int_list, pct, register_study, resolve_preset, study_dir
+from .scaling import finite, pyplot
 
 NAME = "labels"
 QUICK_CURVE_IMAGES = 10000

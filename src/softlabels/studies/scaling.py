@@ -15,17 +15,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import replace
 from typing import Any
 
-from ..config import LabelSpec, Preset, StudentRecipe, get_preset
+from ..config import LabelSpec, Preset, StudentRecipe
 from ..experts import Trajectory
 from ..fit import LawFit, fit_saturating, ipc_to_match
 from ..frontier import upper_envelope
 from ..lab import Lab
-from ..validation import check_choice, check_positive_int
+from ..validation import check_positive_int
 from . import base
-from .base import SCALES, StudyResult, mean_std, metric_of, register_study, study_dir
+from .base import StudyResult, int_list, mean_std, metric_of, pct, register_study, study_dir
 
 NAME = "scaling"
 QUICK_IPCS = (1, 2, 5, 10)
@@ -40,45 +39,6 @@ PROTOCOL_NOTE = ("clean protocol: choices (frontier epoch, default expert epoch)
 # helpers shared by this group of studies (scaling, ensemble, selection, labels)
 
 
-def resolve_preset(scale: str, preset: Preset | str | None) -> Preset:
-    """``preset`` if given (a Preset or a preset name), else ``base.base_settings(scale)``."""
-    check_choice("scale", scale, SCALES)
-    if preset is None:
-        return base.base_settings(scale)
-    if isinstance(preset, str):
-        return get_preset(preset)
-    if isinstance(preset, Preset):
-        return preset
-    raise TypeError(f"preset must be a Preset or a preset name, got {type(preset).__name__}")
-
-
-def int_list(name: str, values: Any, *, minimum: int = 1, maximum: int | None = None) -> list[int]:
-    """A non-empty sorted list of distinct integers in ``[minimum, maximum]`` (an int or "1,2,5" is accepted)."""
-    if isinstance(values, str):
-        values = [v.strip() for v in values.split(",") if v.strip()]
-        try:
-            values = [int(v) for v in values]
-        except ValueError:
-            raise ValueError(f"{name} must be integers separated by commas, got {values!r}") from None
-    if isinstance(values, int) and not isinstance(values, bool):
-        values = [values]
-    if not isinstance(values, Sequence) or not values:
-        raise ValueError(f"{name} must be a non-empty list of integers, got {values!r}")
-    out = [check_positive_int(f"{name} entry", v, minimum=minimum) for v in values]
-    if maximum is not None and max(out) > maximum:
-        raise ValueError(f"{name} entries must be <= {maximum}, got {max(out)}")
-    return sorted(set(out))
-
-
-def seed_list(seeds: Any, *, default: int) -> list[int]:
-    """Student seeds: ``None`` (``default`` seeds), a count ``n`` (seeds 0..n-1) or an explicit list."""
-    if seeds is None:
-        seeds = default
-    if isinstance(seeds, int) and not isinstance(seeds, bool):
-        return list(range(check_positive_int("seeds", seeds)))
-    return int_list("seeds", seeds, minimum=0)
-
-
 def student_recipe(preset: Preset, ipc: int, *, scale: str, student_epochs: int | None) -> StudentRecipe:
     """The preset's student for ``ipc``; quick scale caps its epochs at the preset's sweep length (150)."""
     recipe = preset.student_for(ipc)
@@ -89,33 +49,12 @@ def student_recipe(preset: Preset, ipc: int, *, scale: str, student_epochs: int 
     return recipe
 
 
-def chosen_epochs(lab: Lab, preset: Preset, expert: Trajectory, ipcs: Sequence[int]) -> dict[int, int]:
-    """Expert epoch per IPC chosen on validation accuracy by the main job's sweep (``baseline-sweep``
-    runs in the store are shared, so this is free after ``softlabels run``)."""
-    from ..baseline import choose_epochs
-
-    _, chosen = choose_epochs(lab, replace(preset, ipcs=tuple(ipcs)), expert, protocol="clean")
-    return {int(i): int(chosen[i]) for i in ipcs}
-
-
 def epochs_per_ipc(lab: Lab, p: Preset, lead: Trajectory, ipcs: list[int],
                    expert_epoch: int | dict | None) -> tuple[dict[int, int], str]:
     """Expert epoch per IPC: ``expert_epoch`` (one for all, or {ipc: epoch}) or the validation choice."""
     if expert_epoch is None:
-        return chosen_epochs(lab, p, lead, ipcs), "validation sweep of the main job (baseline-sweep)"
-    if isinstance(expert_epoch, dict):
-        expert_epoch = {int(k): v for k, v in expert_epoch.items()}  # JSON keys arrive as strings
-        missing = [i for i in ipcs if i not in expert_epoch]
-        if missing:
-            raise ValueError(f"expert_epoch has no entry for IPC {missing}")
-        ep = {i: check_positive_int("expert_epoch", expert_epoch[i]) for i in ipcs}
-    else:
-        e = check_positive_int("expert_epoch", expert_epoch)
-        ep = dict.fromkeys(ipcs, e)
-    bad = {i: e for i, e in ep.items() if e > lead.epochs_done}
-    if bad:
-        raise ValueError(f"expert_epoch {bad} exceeds the expert's {lead.epochs_done} epochs")
-    return ep, "given"
+        return base.sweep_epochs(lab, p, lead, ipcs), "validation sweep of the main job (baseline-sweep)"
+    return base.given_epochs(expert_epoch, ipcs, lead), "given"
 
 
 def cell_stats(res: list[dict]) -> dict[str, Any]:
@@ -124,10 +63,6 @@ def cell_stats(res: list[dict]) -> dict[str, Any]:
     val_mean, _ = mean_std(metric_of(res, "val_acc"))
     return {"mean": mean, "std": std, "n": len(res), "val_mean": val_mean,
             "nbytes": int(res[0]["nbytes"]) if res and res[0].get("nbytes") is not None else None}
-
-
-def pct(v: float | None, digits: int = 1) -> str:
-    return "n/a" if v is None or not math.isfinite(v) else f"{100 * v:.{digits}f}%"
 
 
 def finite(v: float | None) -> bool:
@@ -181,19 +116,19 @@ def study_scaling(lab: Lab, *, scale: str = "quick", ipcs: Sequence[int] | None 
                   preset: Preset | str | None = None) -> StudyResult:
     """IPC x k students at the ``epochs`` (default: the validation-chosen epoch at the smallest IPC and the
     last epoch), full-label students at the ``frontier_epochs``; law fits; hard-IPC-to-match; frontier."""
-    p = resolve_preset(scale, preset)
+    p = base.resolve_preset(scale, preset)
     if not isinstance(renorm, bool):
         raise TypeError(f"renorm must be a bool, got {renorm!r}")
     num_classes = lab.prepared.num_classes
     ipc_list = int_list("ipcs", ipcs if ipcs is not None else (QUICK_IPCS if scale == "quick" else FULL_IPCS))
     k_list = int_list("ks", ks if ks is not None else default_ks(scale, num_classes), minimum=0,
                       maximum=num_classes)
-    seed_ids = seed_list(seeds, default=1 if scale == "quick" else p.seeds)
+    seed_ids = base.seed_list(seeds, default=1 if scale == "quick" else p.seeds)
     expert = lab.expert(p.expert)
     last = expert.epochs_done
     epoch_source = "given"
     if epochs is None:
-        early = chosen_epochs(lab, p, expert, [ipc_list[0]])[ipc_list[0]]
+        early = base.sweep_epochs(lab, p, expert, [ipc_list[0]])[ipc_list[0]]
         epoch_list = sorted({early, last})
         epoch_source = f"validation-chosen epoch at IPC {ipc_list[0]} ({early}) and the last epoch ({last})"
     else:

@@ -23,8 +23,18 @@ from ..lab import Lab
 from ..labels.diagnostics import cross_entropy_to_true
 from ..selection import by_score_bin
 from ..validation import check_positive_int
-from .base import StudyResult, mean_std, metric_of, register_study, study_dir
-from .scaling import epochs_per_ipc, finite, int_list, pct, pyplot, resolve_preset, seed_list, student_recipe
+from .base import (
+    StudyResult,
+    int_list,
+    mean_std,
+    metric_of,
+    pct,
+    register_study,
+    resolve_preset,
+    seed_list,
+    study_dir,
+)
+from .scaling import epochs_per_ipc, finite, pyplot, student_recipe
 
 NAME = "selection"
 QUICK_IPCS = (1, 10)

@@ -14,19 +14,8 @@ from typing import Any
 
 from ..config import LabelSpec, Preset
 from ..lab import Lab
-from ..validation import check_positive_int
-from .base import StudyResult, register_study, study_dir
-from .expert_epoch import (
-    cell_stats,
-    chosen_epochs,
-    default_ipcs,
-    default_seeds,
-    int_list,
-    pct,
-    resolve_preset,
-    seed_list,
-    student_recipe,
-)
+from .base import StudyResult, int_list, pct, register_study, study_dir
+from .expert_epoch import cell_stats, chosen_epochs, group_options, group_settings, student_recipe
 
 NAME = "swap"
 
@@ -38,10 +27,7 @@ def study_swap(lab: Lab, *, scale: str = "quick", ipcs: Sequence[int] | None = N
                include_hard: bool = True, image_seed: int = 0,
                preset: Preset | str | None = None) -> StudyResult:
     """Per IPC: hard labels, unswapped soft labels and every swap i; relative = acc / acc(unswapped)."""
-    p = resolve_preset(scale, preset)
-    ipc_list = int_list("ipcs", ipcs if ipcs is not None else default_ipcs(scale, p))
-    seed_ids = seed_list(seeds, default=default_seeds(scale, p))
-    image_seed = check_positive_int("image_seed", image_seed, minimum=0)
+    p, ipc_list, seed_ids, image_seed = group_options(scale, preset, ipcs, seeds, image_seed)
     if not isinstance(include_hard, bool):
         raise TypeError(f"include_hard must be True or False, got {include_hard!r}")
     c = lab.prepared.num_classes
@@ -75,10 +61,9 @@ def study_swap(lab: Lab, *, scale: str = "quick", ipcs: Sequence[int] | None = N
 
     summary = {str(ipc): _summarize([r for r in rows if r["ipc"] == ipc], c) for ipc in ipc_list}
     figs = [_plot(rows, c, study_dir(lab, NAME) / "swap.png", dataset=lab.data.name)]
-    settings = {"expert": p.expert.to_dict(), "expert_key": expert.key, "expert_epochs": epochs,
-                "expert_epoch_choice": how, "student": {i: r.to_dict() for i, r in recipes.items()},
-                "ipcs": ipc_list, "seeds": seed_ids, "swaps": swap_list, "num_classes": c,
-                "image_seed": image_seed, "preset": p.name, "scale": scale,
+    settings = {**group_settings(p, expert, recipes, scale=scale, ipcs=ipc_list, seeds=seed_ids,
+                                 image_seed=image_seed),
+                "expert_epochs": epochs, "expert_epoch_choice": how, "swaps": swap_list, "num_classes": c,
                 "relative": "test accuracy / test accuracy of the unswapped soft labels (same images, seeds)"}
     finding = " ".join(_finding(int(ipc), s, c) for ipc, s in summary.items())
     return StudyResult(NAME, rows, summary, figs, "clean", settings, finding)

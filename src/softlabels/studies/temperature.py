@@ -13,18 +13,14 @@ from typing import Any
 
 from ..config import LabelSpec, Preset
 from ..lab import Lab
-from ..validation import check_positive_int
-from .base import StudyResult, register_study, study_dir
+from .base import StudyResult, float_list, pct, register_study, study_dir
 from .expert_epoch import (
     argbest,
     cell_stats,
-    default_seeds,
-    float_list,
-    int_list,
+    epoch_grid,
+    group_options,
+    group_settings,
     mean_label_entropy,
-    pct,
-    resolve_preset,
-    seed_list,
     student_recipe,
 )
 
@@ -34,29 +30,21 @@ QUICK_TEMPERATURES = (1.0, 2.0, 4.0)
 FULL_TEMPERATURES = tuple(round(1 + 4 * k / 9, 6) for k in range(10))  # linspace(1, 5, 10)
 
 
-def default_epoch_grid(scale: str, last: int) -> list[int]:
-    """Quick: 1, 4 and the last epoch; full: every 6th epoch from 1 (the paper's) and the last."""
-    grid = QUICK_EPOCHS if scale == "quick" else range(1, last + 1, 6)
-    return sorted({e for e in grid if e <= last} | {last})
-
-
 @register_study(NAME, help="E4 / Fig. 4: expert epoch x temperature grid (does smoothing fix late experts?)")
 def study_temperature(lab: Lab, *, scale: str = "quick", ipcs: Sequence[int] | None = None,
                       epochs: Sequence[int] | None = None, temperatures: Sequence[float] | None = None,
                       seeds: int | Sequence[int] | None = None, student_epochs: int | None = None,
                       image_seed: int = 0, preset: Preset | str | None = None) -> StudyResult:
     """Students on labels from every (expert epoch, temperature) cell, at IPC 10 by default."""
-    p = resolve_preset(scale, preset)
-    ipc_list = int_list("ipcs", ipcs if ipcs is not None else (10,))
+    p, ipc_list, seed_ids, image_seed = group_options(scale, preset, ipcs, seeds, image_seed,
+                                                      ipcs_default=(10,))
     temps = float_list("temperatures", temperatures if temperatures is not None else
                        (QUICK_TEMPERATURES if scale == "quick" else FULL_TEMPERATURES))
     if 1.0 not in temps:
         raise ValueError(f"temperatures must include 1 (the untempered reference), got {temps}")
-    seed_ids = seed_list(seeds, default=default_seeds(scale, p))
-    image_seed = check_positive_int("image_seed", image_seed, minimum=0)
     expert = lab.expert(p.expert)
-    last = expert.epochs_done
-    grid = int_list("epochs", epochs, maximum=last) if epochs is not None else default_epoch_grid(scale, last)
+    # default grid: quick 1, 4 and the last epoch; full every 6th epoch from 1 (the paper's) and the last
+    grid = epoch_grid(epochs, scale, expert.epochs_done, quick=QUICK_EPOCHS, every=6)
 
     rows: list[dict[str, Any]] = []
     recipes = {}
@@ -74,10 +62,10 @@ def study_temperature(lab: Lab, *, scale: str = "quick", ipcs: Sequence[int] | N
 
     summary = {str(ipc): _summarize([r for r in rows if r["ipc"] == ipc], last=grid[-1]) for ipc in ipc_list}
     figs = [_plot(rows, grid, temps, study_dir(lab, NAME) / "temperature.png", dataset=lab.data.name)]
-    settings = {"expert": p.expert.to_dict(), "expert_key": expert.key,
-                "student": {i: r.to_dict() for i, r in recipes.items()}, "ipcs": ipc_list, "seeds": seed_ids,
-                "epoch_grid": grid, "temperatures": temps, "image_seed": image_seed, "preset": p.name,
-                "scale": scale, "temperature": "true temperature: labels = softmax(logits / T)"}
+    settings = {**group_settings(p, expert, recipes, scale=scale, ipcs=ipc_list, seeds=seed_ids,
+                                 image_seed=image_seed),
+                "epoch_grid": grid, "temperatures": temps,
+                "temperature": "true temperature: labels = softmax(logits / T)"}
     finding = " ".join(_finding(int(ipc), s) for ipc, s in summary.items())
     return StudyResult(NAME, rows, summary, figs, "clean", settings, finding)
 
