@@ -80,3 +80,17 @@ def test_recipe_validation():
         StudentRecipe(epochs=0)
     assert StudentRecipe(optimizer="adamw").resolved_weight_decay == 0.01
     assert StudentRecipe().resolved_weight_decay == 5e-4
+
+
+def test_reference_loop_trains_and_is_seeded(tiny_ds):
+    x, y, ev = _data(tiny_ds)
+    rec = StudentRecipe(model="convnet-d3", width=8, epochs=4, loop="reference", batch_size=16)
+    state = torch.random.get_rng_state()
+    a = train_student(x, y, rec, seed=1, evals=ev)
+    assert torch.equal(state, torch.random.get_rng_state())  # the global RNG is left untouched
+    b = train_student(x, y, rec, seed=1, evals=ev)
+    assert a.test_acc == b.test_acc and 0 <= a.test_acc <= 1 and a.val_acc is not None
+    with pytest.raises(ValueError, match="reference"):
+        train_student(x, y, rec.replace(optimizer="adamw"), seed=1, evals=ev)
+    with pytest.raises(ValueError, match="loop"):
+        StudentRecipe(loop="turbo")

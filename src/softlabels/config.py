@@ -107,6 +107,9 @@ class LabelSpec(_Config):
 class StudentRecipe(_Config):
     """How students are trained on a compressed set (paper §6).
 
+    ``loop="reference"`` trains with a re-creation of the reference code's loop (DataLoader, fp32,
+    eager; SGD only) instead of softlabels' engine: a baseline for measuring speed, not for use.
+
     SGD: momentum 0.9, weight decay 5e-4, StepLR(epochs // 4, 0.3). AdamW: weight decay 0.01, cosine.
     Cross-entropy with probability targets, DSA on every batch, batch 256. ``eval_every`` is the
     paper protocol's test-checkpoint interval (200).
@@ -124,11 +127,13 @@ class StudentRecipe(_Config):
     eval_every: int = 200
     precision: str = "auto"
     compile: str = "auto"
+    loop: str = "fast"
 
     def __post_init__(self) -> None:
         check_positive_int("epochs", self.epochs)
         check_positive_float("lr", self.lr)
         check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        check_choice("loop", self.loop, ("fast", "reference"))
         check_positive_int("batch_size", self.batch_size)
         check_positive_int("eval_every", self.eval_every)
         check_choice("precision", self.precision, PRECISIONS)

@@ -251,6 +251,9 @@ def train_student(images: torch.Tensor, labels: torch.Tensor, recipe: StudentRec
     from .augment import dsa
 
     check_choice("protocol", protocol, PROTOCOLS)
+    if recipe.loop == "reference":
+        return _train_reference(images, labels, recipe, seed=seed, evals=evals, protocol=protocol,
+                                on_epoch=on_epoch)
     dev = resolve_device(device)
     images = images.to(dev)
     # rows may sum above one by a quantisation step (quant codecs); CompressedSet checks the bound
@@ -318,6 +321,36 @@ def train_student(images: torch.Tensor, labels: torch.Tensor, recipe: StudentRec
         per_class=per_class_accuracy(test_pred, evals.test_y, k), curve=curve, epochs=recipe.epochs,
         wall_s=time.perf_counter() - t0, train_s=train_s,
     )
+
+
+def _train_reference(images: torch.Tensor, labels: torch.Tensor, recipe: StudentRecipe, *, seed: int,
+                     evals: EvalSets | None, protocol: str, on_epoch: ProgressFn | None) -> StudentResult:
+    """The reference loop (softlabels.reference) on CPU, timed and reported like the engine's students."""
+    from .reference import ref_predict, ref_train
+
+    if recipe.optimizer != "sgd" or protocol != "clean":
+        raise ValueError("loop='reference' supports the SGD recipe and the clean protocol only")
+    images, labels = images.cpu(), labels.cpu().float()
+    t0 = time.perf_counter()
+    with torch.random.fork_rng(devices=[]):
+        net = ref_train(images, labels, width=recipe.width, epochs=recipe.epochs, seed=seed, lr=recipe.lr,
+                        model=recipe.model, weight_decay=recipe.resolved_weight_decay,
+                        batch_size=recipe.batch_size)
+    if on_epoch is not None:
+        on_epoch(recipe.epochs)
+    train_s = time.perf_counter() - t0
+    train_acc = accuracy(ref_predict(net, images), labels.argmax(1))
+    if evals is None:
+        return StudentResult(seed, float("nan"), None, None, train_acc, [], [], recipe.epochs,
+                             time.perf_counter() - t0, train_s)
+    pred = ref_predict(net, evals.test_x.cpu())
+    ty = evals.test_y.cpu()
+    val_acc = None
+    if evals.val_x is not None:
+        val_acc = accuracy(ref_predict(net, evals.val_x.cpu()), evals.val_y.cpu())
+    test_acc = accuracy(pred, ty)
+    return StudentResult(int(seed), test_acc, val_acc, None, train_acc, per_class_accuracy(pred, ty, labels.shape[1]),
+                         [(recipe.epochs, test_acc)], recipe.epochs, time.perf_counter() - t0, train_s)
 
 
 def _evaluator(model: nn.Module, recipe: StudentRecipe, key: tuple, dev: torch.device,

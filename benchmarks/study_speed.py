@@ -1,0 +1,68 @@
+"""End-to-end study time: a study run with softlabels' engine vs the same study with the reference loop.
+
+Both runs start from empty output folders that share one already-trained expert (copied), so the
+difference is the student engine: ``StudentRecipe(loop="reference")`` (DataLoader, fp32, eager, batch-128
+evaluation) vs the default engine. Prints both wall times and their ratio, measured in one run.
+
+    python benchmarks/study_speed.py --study scaling                 # the quick scaling study
+    python benchmarks/study_speed.py --study scaling -O ipcs=1,2      # a reduced grid
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from softlabels.config import get_preset
+from softlabels.lab import Lab
+from softlabels.studies import base, run_study
+
+
+def timed_study(name: str, out: Path, expert_src: Path, loop: str, options: dict) -> tuple[float, list]:
+    preset = get_preset("default")
+    preset = dataclasses.replace(preset, student=preset.student.replace(loop=loop))
+    original = base.base_settings
+    base.base_settings = lambda scale: preset
+    try:
+        lab = Lab(out, data=preset.data, device="cpu", progress=False)
+        lab.expert(preset.expert)  # loads data and the expert outside the timed part
+        shutil.copytree(expert_src, out / "experts", dirs_exist_ok=True)
+        t0 = time.perf_counter()
+        res = run_study(name, lab, scale="quick", **options)
+        return time.perf_counter() - t0, res.rows
+    finally:
+        base.base_settings = original
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--study", default="scaling")
+    ap.add_argument("-O", action="append", default=[], help="study option KEY=VALUE (e.g. ipcs=1,2)")
+    ap.add_argument("--expert-from", default=None, help="an output folder whose experts/ to reuse")
+    args = ap.parse_args()
+    options = dict(o.split("=", 1) for o in args.O)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        src = Path(args.expert_from) / "experts" if args.expert_from else None
+        if src is None:
+            preset = get_preset("default")
+            Lab(tmp / "expert", data=preset.data, device="cpu", progress=False).expert(preset.expert)
+            src = tmp / "expert" / "experts"
+        fast, rows_f = timed_study(args.study, tmp / "fast", src, "fast", options)
+        ref, rows_r = timed_study(args.study, tmp / "ref", src, "reference", options)
+    print(f"study {args.study} (quick, options {options or 'none'}), {len(rows_f)} rows:")
+    print(f"  reference loop: {ref:7.1f} s")
+    print(f"  softlabels:     {fast:7.1f} s")
+    print(f"  ratio (reference / softlabels): {ref / fast:.2f}x")
+    for a, b in zip(rows_f, rows_r, strict=False):
+        keys = [k for k in ("ipc", "k", "expert_epoch") if k in a]
+        print("  " + " ".join(f"{k}={a[k]}" for k in keys)
+              + f"  softlabels {100 * a.get('mean', float('nan')):.1f}%  reference {100 * b.get('mean', float('nan')):.1f}%")
+
+
+if __name__ == "__main__":
+    main()
