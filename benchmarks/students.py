@@ -27,8 +27,8 @@ import torch.nn.functional as F
 
 from softlabels.config import StudentRecipe
 from softlabels.data import load_dataset
-from softlabels.selection import random_per_class
 from softlabels.reference import ref_eval, ref_train
+from softlabels.selection import random_per_class
 from softlabels.train import EvalSets, init_model, predict, resolve_precision, train_student
 
 
