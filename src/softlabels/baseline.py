@@ -28,6 +28,7 @@ class BaselineRow:
     wall_s: float
     nbytes: int
     accs: list[float] = field(default_factory=list)
+    student_epochs: int = 0
 
 
 @dataclass
@@ -88,7 +89,7 @@ def run_baseline(lab: Lab, preset: Preset, *, protocol: str = "clean", seeds: in
             std = (sum((a - mean) ** 2 for a in accs) / len(accs)) ** 0.5
             wall = sum(r["wall_s"] for r in res) if any(r["cached"] for r in res) else time.perf_counter() - t1
             rows.append(BaselineRow(ipc, label.kind, label.expert_epoch, mean, std, len(accs), protocol, wall,
-                                    res[0]["nbytes"], accs))
+                                    res[0]["nbytes"], accs, recipe.epochs))
     return BaselineResult(rows, sweep, chosen, expert.history(), expert.key, preset.name, protocol,
                           time.perf_counter() - t0, preset.student.to_dict(), preset.expert.to_dict())
 
@@ -108,13 +109,14 @@ def write_baseline_report(result: BaselineResult, out_dir: Path, *, dataset: str
             if result.protocol == "clean" else
             "reference code's protocol: max test accuracy over checkpoints (optimistic)."),
         f"Preset: `{result.preset}`; expert `{result.expert_key}`; total wall time {result.wall_s:.0f} s.", "",
-        "| IPC | labels | expert epoch | test acc % (mean ± std) | seeds | bytes (images+labels) |",
-        "|---:|---|---:|---:|---:|---:|",
+        "| IPC | labels | expert epoch | test acc % (mean ± std) | seeds | student epochs | bytes (images+labels) "
+        "| wall s |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in result.rows:
         ep = "" if r.expert_epoch is None else str(r.expert_epoch)
         lines.append(f"| {r.ipc} | {r.label} | {ep} | {100 * r.mean:.1f} ± {100 * r.std:.1f} | {r.seeds} | "
-                     f"{r.nbytes:,} |")
+                     f"{r.student_epochs} | {r.nbytes:,} | {r.wall_s:.0f} |")
     if result.sweep:
         lines += ["", "## Expert-epoch choice (validation accuracy %, one short student per epoch)", "",
                   "| IPC | " + " | ".join(f"epoch {e}" for e in next(iter(result.sweep.values()))) + " | chosen |",
