@@ -177,10 +177,11 @@ def _row(role: str, c: Cell) -> list[str]:
 
 
 def _print_answer(answer: BudgetAnswer, *, dataset: str) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    con = Console()
+    from .cli import _console
+
+    con = _console()
     t = Table(
         title=f"{dataset}: best stored training set within {format_bytes(answer.budget)} "
         f"({answer.budget:,} bytes)"

@@ -27,9 +27,12 @@ def _lab(args, preset):
 
 
 def _console():
+    import shutil
+
     from rich.console import Console
 
-    return Console()
+    # wide tables stay readable when output goes to a file or pipe (no terminal width to measure)
+    return Console(width=None if sys.stdout.isatty() else max(160, shutil.get_terminal_size().columns))
 
 
 def cmd_run(args) -> int:
