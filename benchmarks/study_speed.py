@@ -28,9 +28,9 @@ def timed_study(name: str, out: Path, expert_src: Path, loop: str, options: dict
     original = base.base_settings
     base.base_settings = lambda scale: preset
     try:
-        lab = Lab(out, data=preset.data, device="cpu", progress=False)
-        lab.expert(preset.expert)  # loads data and the expert outside the timed part
         shutil.copytree(expert_src, out / "experts", dirs_exist_ok=True)
+        lab = Lab(out, data=preset.data, device="cpu", progress=False)
+        lab.expert(preset.expert)  # loads the data and the (copied) expert outside the timed part
         t0 = time.perf_counter()
         res = run_study(name, lab, scale="quick", **options)
         return time.perf_counter() - t0, res.rows
