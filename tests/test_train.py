@@ -94,3 +94,16 @@ def test_reference_loop_trains_and_is_seeded(tiny_ds):
         train_student(x, y, rec.replace(optimizer="adamw"), seed=1, evals=ev)
     with pytest.raises(ValueError, match="loop"):
         StudentRecipe(loop="turbo")
+
+
+def test_compiled_evaluation_matches_eager_and_reuses_one_graph(tiny_ds):
+    from softlabels.train import COMPILED_EVAL, init_model, predict
+
+    x = tiny_ds.normalize(tiny_ds.test_images)
+    key = ("test-compiled-eval", 8)
+    for seed in (0, 1):  # the second model reuses the graph with its own weights copied in
+        m = init_model("convnet-d3", 8, seed=seed, in_channels=1, num_classes=4, image_size=(12, 12),
+                       device=torch.device("cpu"))
+        run = COMPILED_EVAL.predictor(key, m)
+        assert torch.equal(run(x, amp_dtype=None), predict(m, x))
+    assert sum(1 for k in COMPILED_EVAL._cache if k == key) == 1

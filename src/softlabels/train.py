@@ -143,6 +143,15 @@ def predict(model: nn.Module, x: torch.Tensor, *, batch_size: int = 2048,
     return torch.cat(out)
 
 
+@torch.no_grad()
+def _copy_weights(dst: nn.Module, src: nn.Module) -> None:
+    """Copy parameters and buffers of ``src`` into the same-shaped ``dst`` (which a compiled graph holds)."""
+    for p, q in zip(dst.parameters(), src.parameters(), strict=True):
+        p.copy_(q)
+    for b, c in zip(dst.buffers(), src.buffers(), strict=True):
+        b.copy_(c)
+
+
 class _CompiledEval:
     """One compiled inference graph per model shape; a student's weights are copied in before use.
 
@@ -161,11 +170,7 @@ class _CompiledEval:
             base = copy.deepcopy(model).eval()
             self._cache[key] = (base, torch.compile(base, dynamic=False))
         base, compiled = self._cache[key]
-        with torch.no_grad():
-            for p, q in zip(base.parameters(), model.parameters(), strict=True):
-                p.copy_(q)
-            for b, c in zip(base.buffers(), model.buffers(), strict=True):
-                b.copy_(c)
+        _copy_weights(base, model)
 
         def run(x: torch.Tensor, *, amp_dtype: torch.dtype | None) -> torch.Tensor:
             return predict(compiled, x, batch_size=1024, amp_dtype=amp_dtype, fixed_shape=True)
@@ -219,11 +224,7 @@ class _ModelCache:
             self._models[key] = (fresh, torch.compile(fresh))
             return self._models[key][1]
         base, compiled = self._models[key]
-        with torch.no_grad():
-            for p, q in zip(base.parameters(), fresh.parameters(), strict=True):
-                p.copy_(q)
-            for b, c in zip(base.buffers(), fresh.buffers(), strict=True):
-                b.copy_(c)
+        _copy_weights(base, fresh)
         return compiled
 
 
