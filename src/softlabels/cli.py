@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -41,10 +42,10 @@ def cmd_run(args) -> int:
 
     preset = get_preset(args.preset)
     if args.student_epochs:
-        preset = type(preset)(**{**preset.__dict__, "student_epochs_by_ipc": {},
-                                 "student": preset.student.replace(epochs=args.student_epochs)})
+        preset = dataclasses.replace(preset, student_epochs_by_ipc={},
+                                     student=preset.student.replace(epochs=args.student_epochs))
     if args.ipc:
-        preset = type(preset)(**{**preset.__dict__, "ipcs": tuple(args.ipc)})
+        preset = dataclasses.replace(preset, ipcs=tuple(args.ipc))
     lab = _lab(args, preset)
     con = _console()
     con.print(f"[bold]softlabels run[/] preset={preset.name} dataset={lab.data.name} device={lab.device} "

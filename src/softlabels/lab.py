@@ -108,7 +108,7 @@ class Lab:
         that remove images or change labels); its identity must be captured in ``extra``.
         """
         out: list[dict] = []
-        cset: CompressedSet | None = None
+        position = {seed: i for i, seed in enumerate(seeds)}
         todo = []
         for seed in seeds:
             cfg = self.run_config(study=study, ipc=ipc, label=label, student=student, seed=seed,
@@ -149,8 +149,8 @@ class Lab:
                 self.store.put(cfg, metrics, study=study, wall_s=wall, nbytes=nb["total"],
                                codec=f"{cset.manifest['image_codec']}|{cset.manifest['label_codec']}",
                                version=__version__)
-                out[[i for i, s in enumerate(seeds) if s == seed][0]] = {
-                    "config": cfg, "metrics": metrics, "nbytes": nb["total"], "wall_s": wall, "cached": False}
+                out[position[seed]] = {"config": cfg, "metrics": metrics, "nbytes": nb["total"], "wall_s": wall,
+                                       "cached": False}
         return out
 
     # ---- progress -----------------------------------------------------------------------------------
