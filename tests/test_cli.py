@@ -35,3 +35,11 @@ def test_results_on_empty_store(tmp_path, capsys):
     assert main(["results", "--out", str(tmp_path)]) == 0
     assert "0 runs" in capsys.readouterr().out
     assert main(["results", "--out", str(tmp_path), "--where", "nonsense"]) == 2
+
+
+def test_run_precision_option_parses_and_is_validated():
+    from softlabels.cli import build_parser
+
+    assert build_parser().parse_args(["run", "--precision", "fp32"]).precision == "fp32"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["run", "--precision", "fp8"])

@@ -46,6 +46,8 @@ def cmd_run(args) -> int:
                                      student=preset.student.replace(epochs=args.student_epochs))
     if args.ipc:
         preset = dataclasses.replace(preset, ipcs=tuple(args.ipc))
+    if args.precision:
+        preset = dataclasses.replace(preset, student=preset.student.replace(precision=args.precision))
     lab = _lab(args, preset)
     con = _console()
     con.print(f"[bold]softlabels run[/] preset={preset.name} dataset={lab.data.name} device={lab.device} "
@@ -217,6 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seeds", type=int, default=None, help="student seeds per cell (default: preset's)")
     r.add_argument("--ipc", type=int, nargs="+", default=None, help="IPC values (default: preset's)")
     r.add_argument("--student-epochs", type=int, default=None, help="override student epochs")
+    r.add_argument("--precision", default=None, choices=["auto", "fp32", "bf16"],
+                   help="student compute precision (default: the preset's, auto = bf16 where native)")
     r.set_defaults(fn=cmd_run)
 
     sub.add_parser("datasets", help="list datasets").set_defaults(fn=cmd_datasets)
