@@ -8,7 +8,7 @@ import torch
 
 from ..experts import Trajectory
 from ..train import logits_of
-from ..validation import check_positive_float
+from .transforms import softmax_with_temperature
 
 
 def expert_logits(trajectories: Sequence[Trajectory], epoch: int, images: torch.Tensor, *,
@@ -30,10 +30,9 @@ def soft_labels(logits: torch.Tensor, *, temperature: float = 1.0) -> torch.Tens
     """softmax(logits / T) with a TRUE temperature T (T > 1 smooths).
 
     The reference code's ``--temp`` multiplies the logits, i.e. it is 1/T: its ``temp=0.5`` is our
-    ``temperature=2``.
+    ``temperature=2``. (One implementation: :func:`softlabels.labels.transforms.softmax_with_temperature`.)
     """
-    t = check_positive_float("temperature", temperature)
-    return torch.softmax(logits.double() / t, dim=1).float()
+    return softmax_with_temperature(logits, temperature=temperature)
 
 
 def hard_labels(targets: torch.Tensor, *, num_classes: int) -> torch.Tensor:
