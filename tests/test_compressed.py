@@ -115,3 +115,16 @@ def test_user_sets_from_npz_and_safetensors(tmp_path):
         CompressedSet.from_arrays(torch.zeros(3, 1, 4, 4, dtype=torch.uint8), torch.full((2, 4), 0.25))
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         CompressedSet.from_arrays(torch.full((2, 1, 4, 4), 3.0), torch.full((2, 4), 0.25))
+
+
+def test_row_sum_slack_comes_from_the_label_codec():
+    from softlabels.codecs import label_codec
+
+    assert label_codec("quant:bits=2").row_sum_excess(4) == pytest.approx(4 * 0.5 / 3)
+    assert label_codec("quant:bits=2,renorm=1").row_sum_excess(4) == 0.0
+    assert label_codec("fp16").row_sum_excess(4) == 0.0
+    imgs = torch.zeros(1, 1, 4, 4, dtype=torch.uint8)
+    over = torch.tensor([[2 / 3, 2 / 3, 0.0, 0.0]])  # [0.5, 0.5, 0, 0] after 2-bit quantisation
+    CompressedSet(imgs, over, torch.tensor([0]), {"label_codec": "quant:bits=2"})
+    with pytest.raises(ValueError, match="sums to"):
+        CompressedSet(imgs, over, torch.tensor([0]), {"label_codec": "fp32"})

@@ -266,6 +266,10 @@ class LabelCodec(_Codec):
         n, c = self._check_payload(enc, self.TENSORS, 2)
         return self._decode(enc, n, c)
 
+    def row_sum_excess(self, num_classes: int) -> float:
+        """How far above 1 a decoded row may sum when the input row summed to at most 1."""
+        return 0.0
+
     def _encode(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
@@ -413,6 +417,10 @@ class QuantCodec(LabelCodec):
     @property
     def levels(self) -> int:
         return (1 << self.bits) - 1
+
+    def row_sum_excess(self, num_classes: int) -> float:
+        """Without renormalisation every entry may round up by half a level."""
+        return 0.0 if self.renorm else num_classes * 0.5 / self.levels
 
     def _encode(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         q = torch.round(x.double().clamp(0.0, 1.0) * self.levels).to(torch.uint8).flatten()

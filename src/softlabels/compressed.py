@@ -195,14 +195,10 @@ class CompressedSet:
 
 
 def _row_sum_tolerance(label_spec: str, num_classes: int) -> float:
-    """Quantised labels without renormalisation may sum above one by up to C * half a level."""
-    if label_spec.startswith("quant") and "renorm=1" not in label_spec.replace(" ", ""):
-        bits = 8
-        for part in label_spec.partition(":")[2].split(","):
-            if part.strip().startswith("bits="):
-                bits = int(part.split("=")[1])
-        return num_classes * 0.5 / (2**bits - 1) + 1e-3
-    return 1e-3
+    """Row-sum slack for labels decoded by ``label_spec`` (quantised labels may sum slightly above one)."""
+    from .codecs import label_codec
+
+    return label_codec(label_spec).row_sum_excess(num_classes) + 1e-3
 
 
 def _encode(cset: CompressedSet, image_spec: str, label_spec: str):

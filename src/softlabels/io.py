@@ -70,21 +70,6 @@ def config_hash(obj: Any, *, length: int = 16) -> str:
     return hashlib.sha256(canonical_json(obj).encode()).hexdigest()[:length]
 
 
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def sha256_file(path: str | os.PathLike, *, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while True:
-            b = f.read(chunk)
-            if not b:
-                break
-            h.update(b)
-    return h.hexdigest()
-
-
 def tensor_hash(*tensors: torch.Tensor, length: int = 16) -> str:
     """Hash of tensors' dtype, shape and bytes (CPU, contiguous)."""
     h = hashlib.sha256()
