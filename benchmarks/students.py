@@ -4,11 +4,16 @@
     shuffle) + per-batch DSA in the reference's style (torch.rand on the global RNG, F.affine_grid) +
     nn.CrossEntropyLoss, fp32, one student at a time, eval at batch 128), and
 (b) the engine as ``softlabels`` runs it (data on the device, index batches, batched DSA, bf16 where
-    native, torch.compile when the work repays its warm-up, eval at batch 2048),
+    native, the fused first block, the tuned allocator, one compiled graph per model shape reused
+    across students -- its warm-up is printed separately --, compiled evaluation),
 
 on the same Fashion-MNIST images, model (ConvNet-3, width 128 unless --width) and epochs, at IPC 1,
 10 and 50. Prints seconds per student-epoch, the ratio (a)/(b), test-evaluation time, the accuracy of
 both after the same epochs, and achieved GFLOP/s against a matmul peak measured in this run.
+
+The reference runs first, in its own process, with the system allocator as the reference code runs
+(``--reference-allocator tuned`` gives it softlabels' allocator setting instead, to separate that
+gain); the engine then runs in this process.
 
     python benchmarks/students.py --quick        # < 3 minutes on 2 cores
     python benchmarks/students.py                # more epochs, 3 seeds for the accuracy comparison
@@ -17,6 +22,7 @@ both after the same epochs, and achieved GFLOP/s against a matmul peak measured 
 from __future__ import annotations
 
 import argparse
+import multiprocessing as mp
 import statistics
 import time
 
@@ -30,6 +36,9 @@ from softlabels.data import load_dataset
 from softlabels.reference import ref_eval, ref_train
 from softlabels.selection import random_per_class
 from softlabels.train import EvalSets, _evaluator, init_model, resolve_precision, train_student
+
+QUICK_EPOCHS = {1: 60, 10: 20, 50: 4}
+FULL_EPOCHS = {1: 300, 10: 100, 50: 30}
 
 
 # ---- FLOPs and peak -----------------------------------------------------------------------------
@@ -63,48 +72,76 @@ def matmul_peak(dtype=torch.float32, n=1024, reps=10) -> float:
     return 2 * n**3 / statistics.median(t) / 1e9
 
 
+def _data(ipc: int):
+    ds = load_dataset("fashion-mnist")
+    pos = random_per_class(ds.train_targets, ipc=ipc, num_classes=10, seed=0)
+    return ds, ds.normalize(ds.train_images[pos]), F.one_hot(ds.train_targets[pos], 10).float()
+
+
+def reference_runs(ipcs, epochs, width, seeds, allocator) -> dict:
+    """(a) in a fresh process: {ipc: (seconds per epoch, test accuracies, eval seconds)} per seed."""
+    if allocator == "tuned":
+        from softlabels.perf import tune_allocator
+
+        tune_allocator()
+    out = {}
+    for ipc in ipcs:
+        ds, x, y = _data(ipc)
+        test_x, test_y = ds.normalize(ds.test_images), ds.test_targets
+        e = epochs.get(ipc, 10)
+        t, acc, ev = [], [], []
+        for s in range(seeds):
+            t0 = time.perf_counter()
+            net = ref_train(x, y, width=width, epochs=e, seed=s)
+            t.append((time.perf_counter() - t0) / e)
+            a, sec = ref_eval(net, test_x, test_y)
+            acc.append(a)
+            ev.append(sec)
+        out[ipc] = (t, acc, ev)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--width", type=int, default=128)
     ap.add_argument("--ipc", type=int, nargs="+", default=[1, 10, 50])
     ap.add_argument("--seeds", type=int, default=None)
-    ap.add_argument("--compile", default="auto", choices=["auto", "on", "off"])
+    ap.add_argument("--compile", default="on", choices=["auto", "on", "off"],
+                    help="engine training graph (default on: a study's students share one graph; "
+                         "the warm-up is printed separately)")
     ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+    ap.add_argument("--reference-allocator", default="system", choices=["system", "tuned"])
     args = ap.parse_args()
-    ds = load_dataset("fashion-mnist")
-    test_x, test_y = ds.normalize(ds.test_images), ds.test_targets
-    evals = EvalSets(test_x, test_y)
     seeds = args.seeds or (1 if args.quick else 3)
-    epochs = ({1: 60, 10: 20, 50: 4} if args.quick else {1: 300, 10: 100, 50: 30})
+    epochs = QUICK_EPOCHS if args.quick else FULL_EPOCHS
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, width {args.width}, "
-          f"engine precision={args.precision} compile={args.compile}")
+          f"engine precision={args.precision} compile={args.compile}, "
+          f"reference allocator={args.reference_allocator}", flush=True)
+    with mp.get_context("spawn").Pool(1) as pool:  # a clean process: nothing of the engine's settings
+        ref = pool.apply(reference_runs, (args.ipc, epochs, args.width, seeds, args.reference_allocator))
+    from softlabels.perf import tune_allocator
+
+    tune_allocator()
     peak32, peak16 = matmul_peak(), matmul_peak(torch.bfloat16)
     print(f"matmul peak: fp32 {peak32:.0f} GFLOP/s, bf16 {peak16:.0f} GFLOP/s (1024x1024, median)")
     amp = resolve_precision(args.precision, torch.device("cpu"))
     for ipc in args.ipc:
-        pos = random_per_class(ds.train_targets, ipc=ipc, num_classes=10, seed=0)
-        x = ds.normalize(ds.train_images[pos])
-        y = F.one_hot(ds.train_targets[pos], 10).float()
+        ds, x, y = _data(ipc)
+        test_x, test_y = ds.normalize(ds.test_images), ds.test_targets
+        evals = EvalSets(test_x, test_y)
         e = epochs.get(ipc, 10)
         flops = train_flops_per_image(init_model("convnet-d3", args.width, seed=0, in_channels=1, num_classes=10,
                                                  image_size=(28, 28), device=torch.device("cpu")), (1, 28, 28))
-        ref_t, ref_acc, ref_ev = [], [], []
         our_t, our_acc, our_ev = [], [], []
         recipe = StudentRecipe(model="convnet-d3", width=args.width, epochs=e, precision=args.precision,
                                compile=args.compile)
-        compile_on = args.compile == "on" or (args.compile == "auto" and e * max(1, -(-len(x) // 256)) * seeds >= 4000)
-        if compile_on:  # warm-up once per shape, reported separately (amortised over a study's students)
+        compile_on = args.compile == "on"
+        if compile_on:  # warm-up once per model shape (all batch sizes), amortised over a study's students
             t0 = time.perf_counter()
             train_student(x, y, recipe.replace(epochs=2), seed=99, evals=None, compile_model=True)
             warm = time.perf_counter() - t0
         for s in range(seeds):
-            t0 = time.perf_counter()
-            net = ref_train(x, y, width=args.width, epochs=e, seed=s)
-            ref_t.append((time.perf_counter() - t0) / e)
-            acc, ev = ref_eval(net, test_x, test_y)
-            ref_acc.append(acc)
-            ref_ev.append(ev)
             r = train_student(x, y, recipe, seed=s, evals=evals, compile_model=compile_on)
             our_t.append(r.train_s / e)
             our_acc.append(r.test_acc)
@@ -116,6 +153,7 @@ def main() -> None:
             t0 = time.perf_counter()
             run(test_x, amp_dtype=amp)
             our_ev.append(time.perf_counter() - t0)
+        ref_t, ref_acc, ref_ev = ref[ipc]
         rt, ot = statistics.median(ref_t), statistics.median(our_t)
         print(f"IPC {ipc:3d} ({len(x)} images, {e} epochs, {seeds} seed(s)):")
         print(f"  per student-epoch: reference {rt * 1e3:8.1f} ms   softlabels {ot * 1e3:8.1f} ms   "
@@ -127,7 +165,7 @@ def main() -> None:
         gf = flops * len(x)
         print(f"  achieved: reference {gf / rt / 1e9:6.1f} GFLOP/s ({100 * gf / rt / 1e9 / peak32:4.1f}% of fp32 peak)"
               f"   softlabels {gf / ot / 1e9:6.1f} GFLOP/s ({100 * gf / ot / 1e9 / (peak16 if amp else peak32):4.1f}% "
-              f"of {'bf16' if amp else 'fp32'} peak)")
+              f"of {'bf16' if amp else 'fp32'} peak)", flush=True)
 
 
 if __name__ == "__main__":

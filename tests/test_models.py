@@ -46,3 +46,34 @@ def test_bad_spec_values():
         get_model_spec("convnet-d3", norm="layernorm")
     with pytest.raises(TypeError):
         get_model_spec("convnet-d3", width=2.5)
+
+
+@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 16, 16)])
+def test_fused_stem_computes_the_same_function_and_gradients(shape):
+    torch.manual_seed(0)
+    fused = build_model(get_model_spec("convnet-d3", width=16), in_channels=shape[0], num_classes=5,
+                        image_size=shape[1:])
+    plain = build_model(get_model_spec("convnet-d3", width=16), in_channels=shape[0], num_classes=5,
+                        image_size=shape[1:])
+    plain.load_state_dict(fused.state_dict())
+    plain.fused_stem = False
+    assert fused.fused_stem
+    x = torch.randn(6, *shape) * 1.5 + 0.7  # off-centre inputs: the statistics must not assume mean 0
+    a, b = fused(x), plain(x)
+    assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
+    a.square().sum().backward()
+    b.square().sum().backward()
+    grads = dict(plain.named_parameters())
+    for name, p in fused.named_parameters():
+        if name == "features.0.bias":  # cancels in the instance norm: zero in exact arithmetic
+            assert p.grad is None and grads[name].grad.abs().max() < 1e-4
+            continue
+        assert torch.allclose(p.grad, grads[name].grad, atol=1e-4, rtol=1e-3), name
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # reduced precision: same function to bf16 rounding
+        assert (fused(x) - plain(x)).abs().max() < 0.05 * plain(x).abs().max()
+
+
+def test_fused_stem_only_for_instance_norm():
+    m = build_model(get_model_spec("convnet-d3", width=8, norm="batchnorm"), in_channels=1, num_classes=3,
+                    image_size=(16, 16))
+    assert not m.fused_stem

@@ -107,3 +107,39 @@ def test_compiled_evaluation_matches_eager_and_reuses_one_graph(tiny_ds):
         run = COMPILED_EVAL.predictor(key, m)
         assert torch.equal(run(x, amp_dtype=None), predict(m, x))
     assert sum(1 for k in COMPILED_EVAL._cache if k == key) == 1
+
+
+def test_compile_policy_depends_on_planned_work_not_on_what_is_left():
+    from softlabels.train import CPU_COMPILE_MIN_STEPS, resolve_compile
+
+    cpu = torch.device("cpu")
+    assert resolve_compile("auto", cpu, total_steps=CPU_COMPILE_MIN_STEPS)
+    assert not resolve_compile("auto", cpu, total_steps=CPU_COMPILE_MIN_STEPS - 1)
+    assert resolve_compile("on", cpu, total_steps=1) and not resolve_compile("off", cpu, total_steps=10**9)
+
+
+def test_lab_decides_compilation_from_all_seeds_of_a_cell(tiny_lab, monkeypatch):
+    """A resumed cell (some seeds stored) must take the same compiled/eager path as a fresh one."""
+    import softlabels.lab as lab_mod
+    from softlabels.config import LabelSpec
+
+    seen = []
+    real = lab_mod.resolve_compile
+    monkeypatch.setattr(lab_mod, "resolve_compile", lambda s, d, *, total_steps: seen.append(total_steps)
+                        or real(s, d, total_steps=total_steps))
+    rec = StudentRecipe(model="convnet-d3", width=8, epochs=2, precision="fp32", compile="off", batch_size=16)
+    tiny_lab.evaluate(study="t", ipc=2, label=LabelSpec(kind="hard"), student=rec, seeds=[0])
+    tiny_lab.evaluate(study="t", ipc=2, label=LabelSpec(kind="hard"), student=rec, seeds=[0, 1, 2])
+    assert seen == [2 * 1 * 1, 2 * 1 * 3]  # epochs x batches x all seeds, though seed 0 was stored
+
+
+@pytest.mark.slow
+def test_compiled_training_is_deterministic_and_agrees_with_eager(tiny_ds):
+    x, y, ev = _data(tiny_ds)
+    rec = StudentRecipe(model="convnet-d3", width=8, epochs=8, precision="fp32", batch_size=16)
+    a = train_student(x, y, rec, seed=5, evals=ev, compile_model=True)
+    b = train_student(x, y, rec, seed=5, evals=ev, compile_model=True)  # reuses the graph, weights reloaded
+    e = train_student(x, y, rec, seed=5, evals=ev, compile_model=False)
+    assert (a.test_acc, a.per_class, a.train_acc) == (b.test_acc, b.per_class, b.train_acc)
+    # fp32: compiled kernels round differently, so allow a few test images of 200 to flip
+    assert abs(a.test_acc - e.test_acc) <= 0.03

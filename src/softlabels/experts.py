@@ -23,6 +23,7 @@ from .config import ExpertRecipe
 from .data.prepared import PreparedData
 from .io import config_hash, load_tensors, read_json, save_tensors, write_json
 from .models import get_model_spec
+from .perf import tune_allocator
 from .train import accuracy, autocast_ctx, init_model, predict, resolve_device, resolve_precision
 from .validation import CorruptFileError, DataNotFoundError
 
@@ -103,6 +104,8 @@ def train_expert(prepared: PreparedData, recipe: ExpertRecipe, *, root: str | Pa
     continues on the next call.
     """
     dev = resolve_device(device)
+    if dev.type == "cpu":
+        tune_allocator()
     key = expert_key(recipe, prepared)
     path = Path(root) / "experts" / key
     ds = prepared.dataset

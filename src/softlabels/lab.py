@@ -132,7 +132,8 @@ class Lab:
             cset = build_compressed_set(self.prepared, ipc=ipc, label=label, experts=experts, seed=image_seed,
                                         image_codec=image_codec, device=self.device)
         x = cset.model_input(device=self.device, zca=self.prepared.zca)
-        steps = student.epochs * max(1, -(-len(cset) // student.batch_size)) * len(todo)
+        # all seeds, not the ones left: a resumed cell must take the same (compiled or eager) path
+        steps = student.epochs * max(1, -(-len(cset) // student.batch_size)) * len(seeds)
         compile_model = resolve_compile(student.compile, torch.device(self.device), total_steps=steps)
         nb = cset.nbytes
         with self._bar(f"{study} ipc={ipc} {label.kind} e={label.expert_epoch}", student.epochs * len(todo)) as tick:

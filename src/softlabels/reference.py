@@ -70,6 +70,8 @@ def ref_train(images, labels, *, width, epochs, seed, lr=0.01, model="convnet-d3
     torch.manual_seed(seed)
     net = init_model(model, width, seed=seed, in_channels=images.shape[1], num_classes=labels.shape[1],
                      image_size=tuple(images.shape[2:]), device=torch.device("cpu"))
+    if hasattr(net, "fused_stem"):
+        net.fused_stem = False  # the reference computes conv -> GroupNorm as two modules
     opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=max(1, epochs // 4), gamma=0.3)
     loader = DataLoader(TensorDataset(images, labels), batch_size=batch_size, shuffle=True)

@@ -19,6 +19,7 @@ from torch import nn
 
 from .config import PROTOCOLS, StudentRecipe
 from .models import build_model, get_model_spec
+from .perf import tune_allocator
 from .validation import check_choice, check_labels
 
 ProgressFn = Callable[[int], None]
@@ -221,6 +222,7 @@ class _ModelCache:
         if not compile_model:
             return fresh
         if key not in self._models:
+            # inputs are marked dynamic in the batch dimension: one graph for every batch size
             self._models[key] = (fresh, torch.compile(fresh))
             return self._models[key][1]
         base, compiled = self._models[key]
@@ -231,14 +233,22 @@ class _ModelCache:
 MODEL_CACHE = _ModelCache()
 
 
+CPU_COMPILE_MIN_STEPS = 1000
+CUDA_COMPILE_MIN_STEPS = 2000
+
+
 def resolve_compile(setting: str, device: torch.device, *, total_steps: int) -> bool:
-    """Whether to compile the TRAINING graph. ``auto``: on CUDA when the work repays the warm-up; never on
-    CPU, where benchmarks/students.py measured ~1.1x for a 20-40 s warm-up per shape."""
+    """Whether to compile the TRAINING graph: ``auto`` compiles when the planned optimizer steps of the
+    call repay the warm-up (one graph per model shape and process, reused by later students).
+
+    ``total_steps`` must depend on the configuration only (all seeds of a cell, not the ones left to
+    do), so a resumed sweep takes the same path as an uninterrupted one.
+    """
     if setting == "on":
         return True
     if setting == "off":
         return False
-    return device.type == "cuda" and total_steps >= 2000
+    return total_steps >= (CUDA_COMPILE_MIN_STEPS if device.type == "cuda" else CPU_COMPILE_MIN_STEPS)
 
 
 def train_student(images: torch.Tensor, labels: torch.Tensor, recipe: StudentRecipe, *, seed: int,
@@ -256,6 +266,8 @@ def train_student(images: torch.Tensor, labels: torch.Tensor, recipe: StudentRec
         return _train_reference(images, labels, recipe, seed=seed, evals=evals, protocol=protocol,
                                 on_epoch=on_epoch)
     dev = resolve_device(device)
+    if dev.type == "cpu":
+        tune_allocator()
     images = images.to(dev)
     # rows may sum above one by a quantisation step (quant codecs); CompressedSet checks the bound
     labels = check_labels(labels.to(dev).float(), n=images.shape[0], atol=float(labels.shape[1]))
@@ -293,6 +305,8 @@ def train_student(images: torch.Tensor, labels: torch.Tensor, recipe: StudentRec
             yb = labels if idx is None else labels[idx]
             if recipe.dsa:
                 xb = dsa(xb, generator=gen)
+            if compile_model:
+                torch._dynamo.mark_dynamic(xb, 0)  # the last batch of an epoch is usually smaller
             with autocast_ctx(dev, amp):
                 out = model(xb)
             loss = soft_cross_entropy(out, yb)
@@ -358,6 +372,8 @@ def _evaluator(model: nn.Module, recipe: StudentRecipe, key: tuple, dev: torch.d
                evals: EvalSets | None) -> Callable[..., torch.Tensor]:
     """The evaluation path: compiled inference for large evaluation sets unless compile is off."""
     big = evals is not None and evals.test_x.shape[0] >= 4096
+    if dev.type == "cpu":
+        tune_allocator()
     if recipe.compile == "on" or (recipe.compile == "auto" and big):
         return COMPILED_EVAL.predictor(key, model)
     return lambda x, *, amp_dtype: predict(model, x, amp_dtype=amp_dtype)
