@@ -2,7 +2,8 @@
 
 Both runs start from empty output folders that share one already-trained expert (copied), so the
 difference is the student engine: ``StudentRecipe(loop="reference")`` (DataLoader, fp32, eager, batch-128
-evaluation) vs the default engine. Prints both wall times and their ratio, measured in one run.
+evaluation) vs the default engine. Each study runs in its own fresh process (the reference one with the
+system allocator, as the reference code runs). Prints both wall times and their ratio, measured in one run.
 
     python benchmarks/study_speed.py --study scaling                 # the quick scaling study
     python benchmarks/study_speed.py --study scaling -O ipcs=1,2      # a reduced grid
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import multiprocessing as mp
 import shutil
 import tempfile
 import time
@@ -52,8 +54,10 @@ def main() -> None:
             preset = get_preset("default")
             Lab(tmp / "expert", data=preset.data, device="cpu", progress=False).expert(preset.expert)
             src = tmp / "expert" / "experts"
-        fast, rows_f = timed_study(args.study, tmp / "fast", src, "fast", options)
-        ref, rows_r = timed_study(args.study, tmp / "ref", src, "reference", options)
+        ctx = mp.get_context("spawn")
+        with ctx.Pool(1, maxtasksperchild=1) as pool:  # one fresh process per study
+            ref, rows_r = pool.apply(timed_study, (args.study, tmp / "ref", src, "reference", options))
+            fast, rows_f = pool.apply(timed_study, (args.study, tmp / "fast", src, "fast", options))
     print(f"study {args.study} (quick, options {options or 'none'}), {len(rows_f)} rows:")
     print(f"  reference loop: {ref:7.1f} s")
     print(f"  softlabels:     {fast:7.1f} s")

@@ -48,13 +48,13 @@ def test_bad_spec_values():
         get_model_spec("convnet-d3", width=2.5)
 
 
-@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 16, 16)])
-def test_fused_stem_computes_the_same_function_and_gradients(shape):
+@pytest.mark.parametrize(("shape", "pooling"), [((1, 28, 28), "avgpool"), ((3, 16, 16), "avgpool"),
+                                               ((3, 8, 8), "none")])
+def test_fused_stem_computes_the_same_function_and_gradients(shape, pooling):
     torch.manual_seed(0)
-    fused = build_model(get_model_spec("convnet-d3", width=16), in_channels=shape[0], num_classes=5,
-                        image_size=shape[1:])
-    plain = build_model(get_model_spec("convnet-d3", width=16), in_channels=shape[0], num_classes=5,
-                        image_size=shape[1:])
+    spec = get_model_spec("convnet-d3", width=16, pooling=pooling)
+    fused = build_model(spec, in_channels=shape[0], num_classes=5, image_size=shape[1:])
+    plain = build_model(spec, in_channels=shape[0], num_classes=5, image_size=shape[1:])
     plain.load_state_dict(fused.state_dict())
     plain.fused_stem = False
     assert fused.fused_stem
@@ -77,3 +77,13 @@ def test_fused_stem_only_for_instance_norm():
     m = build_model(get_model_spec("convnet-d3", width=8, norm="batchnorm"), in_channels=1, num_classes=3,
                     image_size=(16, 16))
     assert not m.fused_stem
+
+
+def test_fused_stem_channels_last_layout_gives_the_same_values():
+    from softlabels.models import instance_norm_stem
+
+    m = build_model(get_model_spec("convnet-d3", width=8), in_channels=3, num_classes=4, image_size=(16, 16))
+    x = torch.randn(5, 3, 16, 16)
+    a = instance_norm_stem(x, m.features[0], m.features[1])
+    b = instance_norm_stem(x, m.features[0], m.features[1], channels_last=True)
+    assert a.shape == b.shape and torch.allclose(a, b, atol=1e-5)
