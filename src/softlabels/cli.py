@@ -48,6 +48,8 @@ def cmd_run(args) -> int:
         preset = dataclasses.replace(preset, ipcs=tuple(args.ipc))
     if args.precision:
         preset = dataclasses.replace(preset, student=preset.student.replace(precision=args.precision))
+    if args.compile:
+        preset = dataclasses.replace(preset, student=preset.student.replace(compile=args.compile))
     lab = _lab(args, preset)
     con = _console()
     con.print(f"[bold]softlabels run[/] preset={preset.name} dataset={lab.data.name} device={lab.device} "
@@ -221,6 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--student-epochs", type=int, default=None, help="override student epochs")
     r.add_argument("--precision", default=None, choices=["auto", "fp32", "bf16"],
                    help="student compute precision (default: the preset's, auto = bf16 where native)")
+    r.add_argument("--compile", default=None, choices=["auto", "on", "off"],
+                   help="compile the student training graph (default auto: when a cell has >= 150 steps)")
     r.set_defaults(fn=cmd_run)
 
     sub.add_parser("datasets", help="list datasets").set_defaults(fn=cmd_datasets)
