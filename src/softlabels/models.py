@@ -94,8 +94,8 @@ def instance_norm_stem(x: torch.Tensor, conv: nn.Conv2d, norm: nn.GroupNorm, *,
     the normalisation into the weights gives, per image, ``W_eff = gamma * w / std`` and a bias, applied in
     one batched matmul. Statistics are computed in fp32 (autocast off), the matmul in the autocast dtype.
     The convolution's bias cancels in the normalisation, as it does in ``norm(conv(x))``; it receives no
-    gradient here. ``channels_last`` returns an NCHW-shaped view of an (N, H, W, O) result; pooling it
-    inside a compiled graph was 1.7x faster in inference (benchmarks/students.py) but slower in training.
+    gradient here. ``channels_last`` returns an NCHW-shaped view of an (N, H, W, O) result; ReLU + pooling
+    of it in a compiled graph took 14 vs 24 ms (1024 images, width 32) in inference, but was slower in training.
     """
     n, _, h, w = x.shape
     pad_h, pad_w = conv.padding
