@@ -1,11 +1,12 @@
-"""Process-level speed settings of the engine, each measured by ``benchmarks/students.py``.
+"""Process-level speed settings of the engine.
 
 ``tune_allocator``: PyTorch on CPU has no caching allocator, so every activation of a training step
 (tens of MB at width 128) is a fresh ``malloc``. glibc serves large blocks with ``mmap`` (above an
 adaptive threshold that stops growing at 32 MB) and returns them on ``free``, so each step page-faults
-its activations back in (the kernel zero-fills every page). Keeping freed memory in the heap instead (``M_MMAP_MAX=0``, a high trim threshold)
-made a width-128 training step (batch 256) 1.5x faster in bf16 and 1.7x in fp32 on a 2-core CPU.
-The cost: the process keeps its peak heap until it exits. Opt out with ``SOFTLABELS_ALLOCATOR=system``.
+its activations back in (the kernel zero-fills every page). Keeping freed memory in the heap instead
+(``M_MMAP_MAX=0``, a high trim threshold) made a width-128 training step (batch 256) 1.5x faster in
+bf16 and 1.7x in fp32 on a 2-core CPU. The cost: the process keeps its peak heap until it exits.
+Opt out with ``SOFTLABELS_ALLOCATOR=system``.
 """
 
 from __future__ import annotations
