@@ -17,3 +17,24 @@ def test_allocator_opt_out_by_environment():
     env = dict(os.environ, SOFTLABELS_ALLOCATOR="system")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_without_a_cxx_compiler_auto_compile_falls_back_to_eager(monkeypatch):
+    import warnings
+
+    import torch
+
+    import softlabels.perf as perf
+    from softlabels.train import resolve_compile
+
+    monkeypatch.setattr(perf, "_state", {})
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setattr(perf.shutil, "which", lambda name: None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert not resolve_compile("auto", torch.device("cpu"), total_steps=10**6)
+    assert any("C++ compiler" in str(w.message) for w in caught)
+    assert resolve_compile("on", torch.device("cpu"), total_steps=1)  # an explicit request is honoured
+    monkeypatch.setattr(perf.shutil, "which", lambda name: "/usr/bin/" + name)
+    monkeypatch.setattr(perf, "_state", {})
+    assert resolve_compile("auto", torch.device("cpu"), total_steps=10**6)

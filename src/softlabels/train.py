@@ -19,7 +19,7 @@ from torch import nn
 
 from .config import PROTOCOLS, StudentRecipe
 from .models import build_model, get_model_spec
-from .perf import tune_allocator
+from .perf import compile_available, tune_allocator
 from .validation import check_choice, check_labels
 
 ProgressFn = Callable[[int], None]
@@ -247,7 +247,7 @@ def resolve_compile(setting: str, device: torch.device, *, total_steps: int) -> 
     """
     if setting == "on":
         return True
-    if setting == "off":
+    if setting == "off" or not compile_available(device.type):
         return False
     return total_steps >= (CUDA_COMPILE_MIN_STEPS if device.type == "cuda" else CPU_COMPILE_MIN_STEPS)
 
@@ -377,7 +377,7 @@ def _evaluator(model: nn.Module, recipe: StudentRecipe, key: tuple, dev: torch.d
     big = evals is not None and evals.test_x.shape[0] >= 4096
     if dev.type == "cpu":
         tune_allocator()
-    if recipe.compile == "on" or (recipe.compile == "auto" and big):
+    if recipe.compile == "on" or (recipe.compile == "auto" and big and compile_available(dev.type)):
         return COMPILED_EVAL.predictor(key, model)
     return lambda x, *, amp_dtype: predict(model, x, amp_dtype=amp_dtype)
 
