@@ -143,3 +143,6 @@ def test_compiled_training_is_deterministic_and_agrees_with_eager(tiny_ds):
     assert (a.test_acc, a.per_class, a.train_acc) == (b.test_acc, b.per_class, b.train_acc)
     # fp32: compiled kernels round differently, so allow a few test images of 200 to flip
     assert abs(a.test_acc - e.test_acc) <= 0.03
+    # one graph for every batch size, including a last batch of one image
+    odd = train_student(x[:17], y[:17], rec, seed=1, compile_model=True)
+    assert 0.0 <= odd.train_acc <= 1.0 and odd.epochs == rec.epochs
