@@ -35,7 +35,14 @@ from softlabels.config import StudentRecipe
 from softlabels.data import load_dataset
 from softlabels.reference import ref_eval, ref_train
 from softlabels.selection import random_per_class
-from softlabels.train import EvalSets, _evaluator, init_model, resolve_precision, train_student
+from softlabels.train import (
+    EvalSets,
+    _evaluator,
+    init_model,
+    resolve_compile,
+    resolve_precision,
+    train_student,
+)
 
 QUICK_EPOCHS = {1: 60, 10: 20, 50: 4}
 FULL_EPOCHS = {1: 300, 10: 100, 50: 30}
@@ -52,6 +59,7 @@ def train_flops_per_image(net: nn.Module, shape) -> float:
         elif isinstance(m, nn.Linear):
             macs.append(out.numel() * m.in_features)
 
+    net.fused_stem = False  # count the first convolution as the convolution it is
     hs = [m.register_forward_hook(hook) for m in net.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     with torch.no_grad():
         net(torch.zeros(1, *shape))
@@ -136,7 +144,8 @@ def main() -> None:
         our_t, our_acc, our_ev = [], [], []
         recipe = StudentRecipe(model="convnet-d3", width=args.width, epochs=e, precision=args.precision,
                                compile=args.compile)
-        compile_on = args.compile == "on"
+        compile_on = resolve_compile(args.compile, torch.device("cpu"),
+                                     total_steps=e * max(1, -(-len(x) // recipe.batch_size)) * seeds)
         if compile_on:  # warm-up once per model shape (all batch sizes), amortised over a study's students
             t0 = time.perf_counter()
             train_student(x, y, recipe.replace(epochs=2), seed=99, evals=None, compile_model=True)
