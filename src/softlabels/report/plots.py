@@ -25,6 +25,13 @@ def save_figure(fig, path: Path, *, svg: bool = False) -> Path:
     return path
 
 
+def merged_legend(ax, twin, **kwargs) -> None:
+    """One legend on ``ax`` for the lines of ``ax`` and of its ``twinx()`` axis ``twin``."""
+    h1, l1 = ax.get_legend_handles_labels()
+    h2, l2 = twin.get_legend_handles_labels()
+    ax.legend(h1 + h2, l1 + l2, **kwargs)
+
+
 def plot_baseline(result, path: Path, *, dataset: str) -> Path:
     fig, ax = plt.subplots(figsize=(5, 3.6))
     for kind, color in (("hard", "tab:gray"), ("soft", "tab:blue")):

@@ -185,7 +185,7 @@ def _write_csv(path, rows: list[dict]) -> None:
 
 
 def _plot(rows, label_rows, n, path, *, dataset: str):
-    from ..report.plots import save_figure
+    from ..report.plots import merged_legend, save_figure
 
     pl = pyplot()
     fig, (ax, bx) = pl.subplots(1, 2, figsize=(10, 3.8))
@@ -214,9 +214,7 @@ def _plot(rows, label_rows, n, path, *, dataset: str):
             label="argmax = true (ensemble)")
     cx.plot(es, [100 * r["argmax_agreement"] for r in label_rows], ":", color="tab:gray", label="argmax agreement")
     cx.set_ylabel("% of images")
-    h1, l1 = bx.get_legend_handles_labels()
-    h2, l2 = cx.get_legend_handles_labels()
-    bx.legend(h1 + h2, l1 + l2, fontsize=7, loc="best")
+    merged_legend(bx, cx, fontsize=7, loc="best")
     bx.set_title("labels on a train-pool sample", fontsize=9)
     bx.grid(alpha=0.3)
     return save_figure(fig, path, svg=True)

@@ -176,7 +176,7 @@ def _finding(rows: list[dict], pairs: list[dict], ratio: float, epoch: int) -> s
 
 
 def _plot_overview(h, conf, correct, rows, epoch, path, *, dataset: str):
-    from ..report.plots import save_figure
+    from ..report.plots import merged_legend, save_figure
 
     pl = pyplot()
     fig, (a1, a2, a3) = pl.subplots(1, 3, figsize=(13, 3.6))
@@ -197,9 +197,7 @@ def _plot_overview(h, conf, correct, rows, epoch, path, *, dataset: str):
             label="expert test acc")
     bx.plot(es, [100 * r["accuracy"] for r in rows], ":", color="tab:gray", label="label argmax acc (pool)")
     bx.set_ylabel("accuracy (%)")
-    l1, n1 = a3.get_legend_handles_labels()
-    l2, n2 = bx.get_legend_handles_labels()
-    a3.legend(l1 + l2, n1 + n2, fontsize=7, loc="center right")
+    merged_legend(a3, bx, fontsize=7, loc="center right")
     a3.set_title("entropy vs expert epoch", fontsize=9)
     a3.grid(alpha=0.3)
     return save_figure(fig, path, svg=True)
