@@ -39,6 +39,7 @@ from softlabels.train import (
     EvalSets,
     _evaluator,
     init_model,
+    planned_steps,
     resolve_compile,
     resolve_precision,
     train_student,
@@ -144,8 +145,7 @@ def main() -> None:
         our_t, our_acc, our_ev = [], [], []
         recipe = StudentRecipe(model="convnet-d3", width=args.width, epochs=e, precision=args.precision,
                                compile=args.compile)
-        compile_on = resolve_compile(args.compile, torch.device("cpu"),
-                                     total_steps=e * max(1, -(-len(x) // recipe.batch_size)) * seeds)
+        compile_on = resolve_compile(args.compile, torch.device("cpu"), total_steps=planned_steps(recipe, len(x), seeds))
         if compile_on:  # warm-up once per model shape (all batch sizes), amortised over a study's students
             t0 = time.perf_counter()
             train_student(x, y, recipe.replace(epochs=2), seed=99, evals=None, compile_model=True)

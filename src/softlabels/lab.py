@@ -22,7 +22,7 @@ from .data.prepared import PreparedData, prepare_data
 from .distill import build_compressed_set
 from .experts import Trajectory, train_expert
 from .store import ResultsStore
-from .train import EvalSets, resolve_compile, resolve_device, train_student
+from .train import EvalSets, planned_steps, resolve_compile, resolve_device, train_student
 
 Progress = Callable[[str, int, int], None]
 
@@ -133,7 +133,7 @@ class Lab:
                                         image_codec=image_codec, device=self.device)
         x = cset.model_input(device=self.device, zca=self.prepared.zca)
         # all seeds, not the ones left: a resumed cell must take the same (compiled or eager) path
-        steps = student.epochs * max(1, -(-len(cset) // student.batch_size)) * len(seeds)
+        steps = planned_steps(student, len(cset), len(seeds))
         compile_model = resolve_compile(student.compile, torch.device(self.device), total_steps=steps)
         nb = cset.nbytes
         with self._bar(f"{study} ipc={ipc} {label.kind} e={label.expert_epoch}", student.epochs * len(todo)) as tick:

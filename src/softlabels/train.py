@@ -8,6 +8,7 @@ batched; there is no DataLoader and no per-sample Python. Every source of random
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -153,26 +154,34 @@ def _copy_weights(dst: nn.Module, src: nn.Module) -> None:
         b.copy_(c)
 
 
-class _CompiledEval:
-    """One compiled inference graph per model shape; a student's weights are copied in before use.
+class _CompiledModels:
+    """One compiled copy of a model per key (a model shape), reused by later models of that shape: their
+    weights are copied into it, so the graph is built once per process."""
+
+    def __init__(self, **compile_kwargs) -> None:
+        self._compile_kwargs = compile_kwargs
+        self._cache: dict[tuple, tuple[nn.Module, nn.Module]] = {}
+
+    def get(self, key: tuple, model: nn.Module) -> nn.Module:
+        if key not in self._cache:
+            base = copy.deepcopy(model)
+            self._cache[key] = (base, torch.compile(base, **self._compile_kwargs))
+        base, compiled = self._cache[key]
+        _copy_weights(base, model)
+        return compiled
+
+
+class _CompiledEval(_CompiledModels):
+    """Compiled inference with one fixed batch shape (the last chunk is padded).
 
     Compiling inference pays on CPU (about 1.9x at width 64 for a 10k-image test set) once a process
-    evaluates more than a handful of times. The training graph is compiled separately (``_ModelCache``):
+    evaluates more than a handful of times. The training graph is compiled separately (``COMPILED_TRAIN``):
     with the fused stem and the tuned allocator it gave 1.35-1.6x per step at width 128 and 2.2x at width
     32, batch 100 (at width 32, batch 10: 4.4 vs 4.1 ms, little).
     """
 
-    def __init__(self) -> None:
-        self._cache: dict[tuple, tuple[nn.Module, nn.Module]] = {}
-
     def predictor(self, key: tuple, model: nn.Module) -> Callable[..., torch.Tensor]:
-        if key not in self._cache:
-            import copy
-
-            base = copy.deepcopy(model).eval()
-            self._cache[key] = (base, torch.compile(base, dynamic=False))
-        base, compiled = self._cache[key]
-        _copy_weights(base, model)
+        compiled = self.get(key, model)
 
         def run(x: torch.Tensor, *, amp_dtype: torch.dtype | None) -> torch.Tensor:
             return predict(compiled, x, batch_size=1024, amp_dtype=amp_dtype, fixed_shape=True)
@@ -180,7 +189,7 @@ class _CompiledEval:
         return run
 
 
-COMPILED_EVAL = _CompiledEval()
+COMPILED_EVAL = _CompiledEval(dynamic=False)
 
 
 @torch.inference_mode()
@@ -213,29 +222,17 @@ def init_model(recipe_model: str, width: int | None, *, seed: int, in_channels: 
     return model.to(device)
 
 
-class _ModelCache:
-    """Compiled models reused across students of the same shape: weights are reloaded per student."""
-
-    def __init__(self) -> None:
-        self._models: dict[tuple, tuple[nn.Module, nn.Module]] = {}
-
-    def get(self, key: tuple, fresh: nn.Module, *, compile_model: bool) -> nn.Module:
-        if not compile_model:
-            return fresh
-        if key not in self._models:
-            # inputs are marked dynamic in the batch dimension: one graph for every batch size
-            self._models[key] = (fresh, torch.compile(fresh))
-            return self._models[key][1]
-        base, compiled = self._models[key]
-        _copy_weights(base, fresh)
-        return compiled
-
-
-MODEL_CACHE = _ModelCache()
+# the batch dimension is marked dynamic at each step: one training graph for every batch size
+COMPILED_TRAIN = _CompiledModels()
 
 
 CPU_COMPILE_MIN_STEPS = 150
 CUDA_COMPILE_MIN_STEPS = 2000
+
+
+def planned_steps(recipe: StudentRecipe, n_images: int, n_students: int) -> int:
+    """Optimizer steps of ``n_students`` students on ``n_images`` images: what ``resolve_compile`` weighs."""
+    return recipe.epochs * max(1, math.ceil(n_images / recipe.batch_size)) * n_students
 
 
 def resolve_compile(setting: str, device: torch.device, *, total_steps: int) -> bool:
@@ -277,9 +274,9 @@ def train_student(images: torch.Tensor, labels: torch.Tensor, recipe: StudentRec
     t0 = time.perf_counter()
     fresh = init_model(recipe.model, recipe.width, seed=seed, in_channels=c, num_classes=k,
                        image_size=(h, w), device=dev)
-    model = MODEL_CACHE.get((recipe.model, recipe.width, c, k, h, w, str(dev)), fresh,
-                            compile_model=compile_model)
-    params = list(fresh.parameters()) if not compile_model else list(model.parameters())
+    shape_key = (recipe.model, recipe.width, c, k, h, w, str(dev))
+    model = COMPILED_TRAIN.get(shape_key, fresh) if compile_model else fresh
+    params = list(model.parameters())  # a compiled module's are those of its cached copy
     wd = recipe.resolved_weight_decay
     if recipe.optimizer == "sgd":
         opt: torch.optim.Optimizer = torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum,
@@ -323,7 +320,7 @@ def train_student(images: torch.Tensor, labels: torch.Tensor, recipe: StudentRec
             curve.append((done, accuracy(predict(plain, evals.test_x, amp_dtype=amp), evals.test_y)))
     train_s = time.perf_counter() - t0
     train_acc = accuracy(predict(plain, images, amp_dtype=amp), labels.argmax(1))
-    evaluate = _evaluator(plain, recipe, (recipe.model, recipe.width, c, k, h, w, str(dev)), dev, evals)
+    evaluate = _evaluator(plain, recipe, shape_key, dev, evals)
     if evals is None:
         return StudentResult(seed, float("nan"), None, None, train_acc, [], curve, recipe.epochs,
                              time.perf_counter() - t0, train_s)
@@ -389,8 +386,7 @@ def train_students(images: torch.Tensor, labels: torch.Tensor, recipe: StudentRe
     dev = resolve_device(device)
     if not seeds:
         raise ValueError("seeds must name at least one student seed, e.g. seeds=[0, 1, 2]")
-    n = images.shape[0]
-    steps = recipe.epochs * max(1, math.ceil(n / recipe.batch_size)) * len(seeds)
+    steps = planned_steps(recipe, images.shape[0], len(seeds))
     compile_model = resolve_compile(recipe.compile, dev, total_steps=steps)
     return [train_student(images, labels, recipe, seed=s, evals=evals, protocol=protocol, device=dev,
                           compile_model=compile_model, on_epoch=on_epoch) for s in seeds]
