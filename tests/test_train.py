@@ -146,3 +146,25 @@ def test_compiled_training_is_deterministic_and_agrees_with_eager(tiny_ds):
     # one graph for every batch size, including a last batch of one image
     odd = train_student(x[:17], y[:17], rec, seed=1, compile_model=True)
     assert 0.0 <= odd.train_acc <= 1.0 and odd.epochs == rec.epochs
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_fused_optimizer_is_the_same_update_as_the_loop(optimizer):
+    from softlabels.train import make_optimizer
+
+    rec = StudentRecipe(model="convnet-d3", width=8, epochs=1, optimizer=optimizer)
+    torch.manual_seed(0)
+    a = [torch.nn.Parameter(torch.randn(5, 3)), torch.nn.Parameter(torch.randn(7))]
+    b = [torch.nn.Parameter(p.detach().clone()) for p in a]
+    fused = make_optimizer(rec, a)
+    loop = type(fused)(b, **{k: fused.defaults[k] for k in ("lr", "momentum", "weight_decay") if k in fused.defaults})
+    assert fused.defaults.get("fused") and not loop.defaults.get("fused")
+    for step in range(5):
+        g = [torch.randn_like(p) for p in a]
+        for p, q, gi in zip(a, b, g, strict=True):
+            p.grad, q.grad = gi.clone(), gi.clone()
+        for opt in (fused, loop):
+            opt.param_groups[0]["lr"] = 0.1 * 0.3 ** (step // 2)  # the engine's schedule sets lr per epoch
+            opt.step()
+    for p, q in zip(a, b, strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-6)
