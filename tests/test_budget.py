@@ -8,7 +8,7 @@ from itertools import product
 
 import pytest
 
-import softlabels.lab as labmod
+import softlabels.executor as executor_mod
 from softlabels.budget import best_within_budget, cells_of, fill_budget, format_bytes
 from softlabels.cli import main
 from softlabels.codecs import image_codec
@@ -47,13 +47,13 @@ def lab(tmp_path, tiny_ds):
 @pytest.fixture
 def counted(monkeypatch):
     calls: list[int] = []
-    real = labmod.train_student
+    real = executor_mod.train_student
 
     def counting(*a, **k):
         calls.append(k["seed"])
         return real(*a, **k)
 
-    monkeypatch.setattr(labmod, "train_student", counting)
+    monkeypatch.setattr(executor_mod, "train_student", counting)
     return calls
 
 

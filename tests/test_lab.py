@@ -2,7 +2,7 @@ import dataclasses
 
 import pytest
 
-import softlabels.lab as labmod
+import softlabels.executor as executor_mod
 from softlabels.baseline import run_baseline, write_baseline_report
 from softlabels.config import LabelSpec, Preset
 
@@ -15,7 +15,7 @@ def _preset(tiny_data_spec, tiny_expert, tiny_student):
 def test_evaluate_stores_and_resumes(tiny_lab, tiny_expert, tiny_student, monkeypatch):
     traj = tiny_lab.expert(tiny_expert)
     calls = []
-    real = labmod.train_student
+    real = executor_mod.train_student
 
     def counting(*a, **k):
         calls.append(k["seed"])
@@ -23,13 +23,13 @@ def test_evaluate_stores_and_resumes(tiny_lab, tiny_expert, tiny_student, monkey
             raise KeyboardInterrupt  # interrupted after one stored student
         return real(*a, **k)
 
-    monkeypatch.setattr(labmod, "train_student", counting)
+    monkeypatch.setattr(executor_mod, "train_student", counting)
     label = LabelSpec(expert_epoch=2)
     with pytest.raises(KeyboardInterrupt):
         tiny_lab.evaluate(ipc=2, label=label, student=tiny_student, seeds=[0, 1, 2], experts=[traj])
     assert len(tiny_lab.store) == 1
     calls.clear()
-    monkeypatch.setattr(labmod, "train_student", lambda *a, **k: (calls.append(k["seed"]), real(*a, **k))[1])
+    monkeypatch.setattr(executor_mod, "train_student", lambda *a, **k: (calls.append(k["seed"]), real(*a, **k))[1])
     res = tiny_lab.evaluate(ipc=2, label=label, student=tiny_student, seeds=[0, 1, 2], experts=[traj])
     assert calls == [1, 2]  # seed 0 was stored before the interruption
     assert [r["cached"] for r in res] == [True, False, False]

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import softlabels.lab as lab_module
+import softlabels.executor as executor_mod
 from softlabels.config import DataSpec, ExpertRecipe, LabelSpec, Preset, StudentRecipe
 from softlabels.data.synthetic import make_synthetic
 from softlabels.lab import Lab
@@ -229,7 +229,7 @@ def _no_training(*args, **kwargs):
 @pytest.mark.parametrize("name", list(OPTIONS))
 def test_rerun_recomputes_nothing(ran, monkeypatch, name):
     lab, results = ran
-    monkeypatch.setattr(lab_module, "train_student", _no_training)
+    monkeypatch.setattr(executor_mod, "train_student", _no_training)
     again = run_study(name, lab, preset=TINY, **OPTIONS[name])
     assert same_rows(again.rows, results[name].rows) and again.finding == results[name].finding
 
@@ -237,12 +237,12 @@ def test_rerun_recomputes_nothing(ran, monkeypatch, name):
 def test_quick_scale_uses_base_settings(ran, monkeypatch):
     lab, results = ran
     monkeypatch.setattr(study_base, "base_settings", lambda scale: TINY)
-    monkeypatch.setattr(lab_module, "train_student", _no_training)
+    monkeypatch.setattr(executor_mod, "train_student", _no_training)
     assert same_rows(run_study("swap", lab, scale="quick", **OPTIONS["swap"]).rows, results["swap"].rows)
 
 
 def test_interrupted_study_trains_only_missing_cells(tmp_path, monkeypatch):
-    real = lab_module.train_student
+    real = executor_mod.train_student
     calls = {"n": 0}
 
     def flaky(*args, **kwargs):
@@ -252,7 +252,7 @@ def test_interrupted_study_trains_only_missing_cells(tmp_path, monkeypatch):
         return real(*args, **kwargs)
 
     lab = make_lab(tmp_path)
-    monkeypatch.setattr(lab_module, "train_student", flaky)
+    monkeypatch.setattr(executor_mod, "train_student", flaky)
     with pytest.raises(RuntimeError, match="interrupted"):
         run_study("expert-epoch", lab, preset=TINY, **OPTIONS["expert-epoch"])
     assert len(lab.store) == 3
@@ -263,7 +263,7 @@ def test_interrupted_study_trains_only_missing_cells(tmp_path, monkeypatch):
         counted["n"] += 1
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(lab_module, "train_student", counting)
+    monkeypatch.setattr(executor_mod, "train_student", counting)
     res = run_study("expert-epoch", lab, preset=TINY, **OPTIONS["expert-epoch"])
     total = sum(r["n"] for r in res.rows)
     assert total == 12 and counted["n"] == total - 3 and len(lab.store) == total

@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 
-import softlabels.lab as lab_module
+import softlabels.executor as executor_mod
 import softlabels.studies.selection_study as selection_module
 from softlabels.config import DataSpec, ExpertRecipe, LabelSpec, Preset, StudentRecipe
 from softlabels.data.synthetic import make_synthetic
@@ -115,7 +115,7 @@ def test_scaling_k0_is_hard_and_kC_is_full(lab, scaling, monkeypatch):
     assert label_for_k(C, epoch=2, num_classes=C) == LabelSpec(kind="soft", expert_epoch=2)
     assert label_for_k(0, epoch=2, num_classes=C) == LabelSpec(kind="hard", codec="hard")
     # the stored k = C / k = 0 cells ARE the plain full-label / hard-label runs: asking for those is a cache hit
-    monkeypatch.setattr(lab_module, "train_student", _no_training)
+    monkeypatch.setattr(executor_mod, "train_student", _no_training)
     expert = lab.expert(TINY.expert)
     for label in (LabelSpec(kind="soft", expert_epoch=3), LabelSpec(kind="hard", codec="hard")):
         res = lab.evaluate(ipc=2, label=label, student=TINY.student, seeds=[0], experts=[expert],
@@ -245,7 +245,7 @@ def test_selection_rejects_bad_bins(lab):
 
 def test_labels_study(lab, monkeypatch):
     monkeypatch.setattr(study_base, "base_settings", lambda scale: TINY)  # no preset: the patched base
-    monkeypatch.setattr(lab_module, "train_student", _no_training)  # the label study trains no student
+    monkeypatch.setattr(executor_mod, "train_student", _no_training)  # the label study trains no student
     res = run_study("labels", lab, scale="quick", worst=5)
     assert [r["epoch"] for r in res.rows] == [1, 2, 3]
     for r in res.rows:
@@ -277,7 +277,7 @@ def _no_training(*args, **kwargs):
 
 
 def test_rerun_recomputes_nothing(lab, scaling, ensemble, selection, monkeypatch):
-    monkeypatch.setattr(lab_module, "train_student", _no_training)
+    monkeypatch.setattr(executor_mod, "train_student", _no_training)
     again = run_study("scaling", lab, preset=TINY, **SCALING)
     assert again.rows == scaling.rows
     again = run_study("ensemble", lab, preset=TINY, **ENSEMBLE)

@@ -7,7 +7,6 @@ stores what it computes, with the compressed set's codec and measured bytes.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -20,11 +19,39 @@ from .compressed import CompressedSet
 from .config import DataSpec, ExpertRecipe, LabelSpec, StudentRecipe
 from .data.prepared import PreparedData, prepare_data
 from .distill import build_compressed_set
+from .executor import PARALLEL_MAX_BATCH, StudentJob, make_executor, resolve_workers
 from .experts import Trajectory, train_expert
 from .store import ResultsStore
-from .train import EvalSets, planned_steps, resolve_compile, resolve_device, train_student
+from .train import EvalSets, StudentResult, planned_steps, resolve_compile, resolve_device
 
 Progress = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One :meth:`Lab.evaluate` call as a value (for :meth:`Lab.evaluate_many`): the students of ``seeds``
+    on the set for (``ipc``, ``label``, ``image_seed``)."""
+
+    ipc: int
+    label: LabelSpec
+    student: StudentRecipe
+    seeds: tuple[int, ...]
+    experts: tuple[Trajectory, ...] = ()
+    image_seed: int = 0
+    protocol: str = "clean"
+    study: str = "baseline"
+    extra: dict | None = None
+    make_set: Callable[[], CompressedSet] | None = None
+    eval_classes: tuple[int, ...] | None = None
+    image_codec: str = "raw"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
+        object.__setattr__(self, "experts", tuple(self.experts))
+        if self.eval_classes is not None:
+            object.__setattr__(self, "eval_classes", tuple(self.eval_classes))
+        if not self.seeds:
+            raise ValueError("a cell needs at least one student seed, e.g. seeds=(0, 1, 2)")
 
 
 @dataclass
@@ -39,11 +66,14 @@ class Lab:
     progress: bool = True
     _prepared: PreparedData | None = field(default=None, repr=False)
     _store: ResultsStore | None = field(default=None, repr=False)
+    workers: int | str = "auto"
     _evals: EvalSets | None = field(default=None, repr=False)
+    _executors: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         self.out_dir = Path(self.out_dir)
         self.device = str(resolve_device(self.device))
+        resolve_workers(self.workers, self.device, n_jobs=1, batch=1, steps=0)  # validates the setting
 
     # ---- lazily built parts -------------------------------------------------------------------------
     @property
@@ -107,52 +137,104 @@ class Lab:
         per_class, ...), ``nbytes``, ``cached``. ``make_set`` overrides how the set is built (studies
         that remove images or change labels); its identity must be captured in ``extra``.
         """
+        return self.evaluate_many([Cell(ipc=ipc, label=label, student=student, seeds=seeds, experts=experts,
+                                        image_seed=image_seed, protocol=protocol, study=study, extra=extra,
+                                        make_set=make_set, eval_classes=eval_classes, image_codec=image_codec)])[0]
+
+    def evaluate_many(self, cells: Sequence[Cell]) -> list[list[dict]]:
+        """:meth:`evaluate` for several cells at once, so their students can train in parallel
+        (``workers``): one list of per-seed dicts per cell, in order. Each result is stored as soon as its
+        student finishes; a re-run trains only what the store lacks."""
+        outs: list[list[dict]] = []
+        jobs: list[StudentJob] = []
+        for ci, cell in enumerate(cells):
+            out, todo = self._lookup(cell)
+            outs.append(out)
+            if not todo:
+                continue
+            cset = cell.make_set() if cell.make_set is not None else build_compressed_set(
+                self.prepared, ipc=cell.ipc, label=cell.label, experts=cell.experts, seed=cell.image_seed,
+                image_codec=cell.image_codec, device=self.device)
+            x = cset.model_input(device=self.device, zca=self.prepared.zca)
+            # all seeds, not the ones left: a resumed cell must take the same (compiled or eager) path
+            steps = planned_steps(cell.student, len(cset), len(cell.seeds))
+            compile_model = resolve_compile(cell.student.compile, torch.device(self.device), total_steps=steps)
+            meta = {"cell": ci, "nbytes": cset.nbytes, "codec": f"{cset.manifest['image_codec']}|"
+                                                               f"{cset.manifest['label_codec']}"}
+            for pos, seed, cfg in todo:
+                jobs.append(StudentJob(x, cset.labels, cell.student, seed, cell.protocol, compile_model,
+                                       tag={**meta, "pos": pos, "config": cfg}))
+        if not jobs:
+            return outs
+
+        def store(job: StudentJob, res: StudentResult) -> None:
+            cell, nb = cells[job.tag["cell"]], job.tag["nbytes"]
+            metrics = res.to_dict()
+            metrics["final_acc"] = res.test_acc
+            if cell.eval_classes is not None:
+                metrics["class_acc"] = _class_acc(res.per_class, cell.eval_classes)
+            metrics["nbytes_images"], metrics["nbytes_labels"] = nb["images"], nb["labels"]
+            cfg = job.tag["config"]
+            self.store.put(cfg, metrics, study=cell.study, wall_s=res.wall_s, nbytes=nb["total"],
+                           codec=job.tag["codec"], version=__version__)
+            outs[job.tag["cell"]][job.tag["pos"]] = {"config": cfg, "metrics": metrics, "nbytes": nb["total"],
+                                                     "wall_s": res.wall_s, "cached": False}
+
+        # students with small batches may train in parallel (where that pays, see softlabels.executor)
+        par = [j.batch <= PARALLEL_MAX_BATCH and j.recipe.loop != "reference" for j in jobs]
+        small = [j for j, p in zip(jobs, par, strict=True) if p]
+        workers = resolve_workers(self.workers, self.device, n_jobs=len(small),
+                                  batch=max((j.batch for j in small), default=0),
+                                  steps=sum(planned_steps(j.recipe, len(j.images), 1) for j in small))
+        if workers > 1:
+            groups = [(self._executor(workers), small),
+                      (self._executor(1), [j for j, p in zip(jobs, par, strict=True) if not p])]
+        else:
+            groups = [(self._executor(1), jobs)]
+        first = cells[jobs[0].tag["cell"]]
+        what = f"{first.study} ipc={first.ipc} {first.label.kind} e={first.label.expert_epoch}" if len(cells) == 1 \
+            else f"{first.study}: {len(jobs)} students" + (f" on {workers} workers" if workers > 1 else "")
+        with self._bar(what, sum(j.recipe.epochs for j in jobs)) as tick:
+            for executor, group in groups:
+                executor.run(group, store, on_epoch=tick)
+        return outs
+
+    def _lookup(self, cell: Cell) -> tuple[list[dict], list[tuple[int, int, dict]]]:
+        """Stored results of ``cell`` (one dict per seed, ``{}`` where missing) and its missing seeds."""
         out: list[dict] = []
-        position = {seed: i for i, seed in enumerate(seeds)}
         todo = []
-        for seed in seeds:
-            cfg = self.run_config(study=study, ipc=ipc, label=label, student=student, seed=seed,
-                                  image_seed=image_seed, protocol=protocol, experts=experts, extra=extra,
-                                  image_codec=image_codec)
+        for pos, seed in enumerate(cell.seeds):
+            cfg = self.run_config(study=cell.study, ipc=cell.ipc, label=cell.label, student=cell.student, seed=seed,
+                                  image_seed=cell.image_seed, protocol=cell.protocol, experts=cell.experts,
+                                  extra=cell.extra, image_codec=cell.image_codec)
             rec = self.store.get(ResultsStore.key(cfg))
             if rec is not None:
                 metrics = dict(rec.metrics)
-                if eval_classes is not None:
-                    metrics["class_acc"] = _class_acc(metrics["per_class"], eval_classes)
+                if cell.eval_classes is not None:
+                    metrics["class_acc"] = _class_acc(metrics["per_class"], cell.eval_classes)
                 out.append({"config": rec.config, "metrics": metrics, "nbytes": rec.nbytes,
                             "wall_s": rec.wall_s, "cached": True})
             else:
-                todo.append((seed, cfg))
+                todo.append((pos, seed, cfg))
                 out.append({})
-        if not todo:
-            return out
-        if make_set is not None:
-            cset = make_set()
-        else:
-            cset = build_compressed_set(self.prepared, ipc=ipc, label=label, experts=experts, seed=image_seed,
-                                        image_codec=image_codec, device=self.device)
-        x = cset.model_input(device=self.device, zca=self.prepared.zca)
-        # all seeds, not the ones left: a resumed cell must take the same (compiled or eager) path
-        steps = planned_steps(student, len(cset), len(seeds))
-        compile_model = resolve_compile(student.compile, torch.device(self.device), total_steps=steps)
-        nb = cset.nbytes
-        with self._bar(f"{study} ipc={ipc} {label.kind} e={label.expert_epoch}", student.epochs * len(todo)) as tick:
-            for seed, cfg in todo:
-                t0 = time.perf_counter()
-                res = train_student(x, cset.labels, student, seed=seed, evals=self.evals, protocol=protocol,
-                                    device=self.device, compile_model=compile_model, on_epoch=tick)
-                metrics = res.to_dict()
-                metrics["final_acc"] = res.test_acc
-                if eval_classes is not None:
-                    metrics["class_acc"] = _class_acc(res.per_class, eval_classes)
-                metrics["nbytes_images"], metrics["nbytes_labels"] = nb["images"], nb["labels"]
-                wall = time.perf_counter() - t0
-                self.store.put(cfg, metrics, study=study, wall_s=wall, nbytes=nb["total"],
-                               codec=f"{cset.manifest['image_codec']}|{cset.manifest['label_codec']}",
-                               version=__version__)
-                out[position[seed]] = {"config": cfg, "metrics": metrics, "nbytes": nb["total"], "wall_s": wall,
-                                       "cached": False}
-        return out
+        return out, todo
+
+    def _executor(self, workers: int):
+        if workers not in self._executors:
+            self._executors[workers] = make_executor(workers, self.evals, device=self.device)
+        return self._executors[workers]
+
+    def close(self) -> None:
+        """Stop the student worker processes (started by parallel ``evaluate`` calls), if any."""
+        for ex in self._executors.values():
+            ex.close()
+        self._executors.clear()
+
+    def __enter__(self) -> Lab:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     # ---- progress -----------------------------------------------------------------------------------
     @contextmanager

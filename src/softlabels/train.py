@@ -12,7 +12,7 @@ import copy
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
@@ -58,6 +58,8 @@ class StudentResult:
     epochs: int = 0
     wall_s: float = 0.0
     train_s: float = 0.0
+    threads: int = 0  # CPU threads it trained on (provenance: float order depends on it)
+    state: dict[str, torch.Tensor] | None = field(default=None, repr=False)  # trained weights, if asked for
 
     def metric(self, protocol: str) -> float:
         if protocol == "paper":
@@ -65,7 +67,8 @@ class StudentResult:
         return self.test_acc
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The metrics (everything but the weights)."""
+        return {k: v for k, v in asdict(replace(self, state=None)).items() if k != "state"}
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -272,11 +275,12 @@ def make_optimizer(recipe: StudentRecipe, params: list[nn.Parameter]) -> torch.o
 
 def train_student(images: torch.Tensor, labels: torch.Tensor, recipe: StudentRecipe, *, seed: int,
                   evals: EvalSets | None = None, protocol: str = "clean", device: str | torch.device = "cpu",
-                  compile_model: bool = False, on_epoch: ProgressFn | None = None) -> StudentResult:
+                  compile_model: bool = False, on_epoch: ProgressFn | None = None,
+                  return_state: bool = False) -> StudentResult:
     """Train one student from scratch on model-ready ``images`` (N, C, H, W) and ``labels`` (N, K).
 
     ``labels`` are probability targets (one-hot rows for hard labels). Returns final / checkpoint
-    accuracies per the protocol.
+    accuracies per the protocol (and the trained weights as ``state`` with ``return_state``).
     """
     from .augment import dsa
 
@@ -337,9 +341,10 @@ def train_student(images: torch.Tensor, labels: torch.Tensor, recipe: StudentRec
     train_s = time.perf_counter() - t0
     train_acc = accuracy(predict(plain, images, amp_dtype=amp), labels.argmax(1))
     evaluate = _evaluator(plain, recipe, shape_key, dev, evals)
+    state = {k: v.detach().clone() for k, v in plain.state_dict().items()} if return_state else None
     if evals is None:
         return StudentResult(seed, float("nan"), None, None, train_acc, [], curve, recipe.epochs,
-                             time.perf_counter() - t0, train_s)
+                             time.perf_counter() - t0, train_s, torch.get_num_threads(), state)
     test_pred = evaluate(evals.test_x, amp_dtype=amp)
     test_acc = accuracy(test_pred, evals.test_y)
     curve.append((recipe.epochs, test_acc))
@@ -350,7 +355,7 @@ def train_student(images: torch.Tensor, labels: torch.Tensor, recipe: StudentRec
     return StudentResult(
         seed=int(seed), test_acc=test_acc, val_acc=val_acc, paper_acc=paper_acc, train_acc=train_acc,
         per_class=per_class_accuracy(test_pred, evals.test_y, k), curve=curve, epochs=recipe.epochs,
-        wall_s=time.perf_counter() - t0, train_s=train_s,
+        wall_s=time.perf_counter() - t0, train_s=train_s, threads=torch.get_num_threads(), state=state,
     )
 
 

@@ -21,7 +21,7 @@ from ..config import LabelSpec, Preset, StudentRecipe
 from ..experts import Trajectory
 from ..fit import LawFit, fit_saturating, ipc_to_match
 from ..frontier import upper_envelope
-from ..lab import Lab
+from ..lab import Cell, Lab
 from ..validation import check_positive_int
 from . import base
 from .base import StudyResult, int_list, mean_std, metric_of, pct, register_study, study_dir
@@ -139,27 +139,26 @@ def study_scaling(lab: Lab, *, scale: str = "quick", ipcs: Sequence[int] | None 
         front_list = int_list("frontier_epochs", frontier_epochs, maximum=last)
 
     recipes = {ipc: student_recipe(p, ipc, scale=scale, student_epochs=student_epochs) for ipc in ipc_list}
-    cells: dict[tuple[int | None, int, int], dict[str, Any]] = {}
-
-    def run(epoch: int | None, k: int, ipc: int) -> dict[str, Any]:
-        key = (None if k == 0 else epoch, k, ipc)
-        if key not in cells:
-            label = label_for_k(k, epoch=epoch or last, num_classes=num_classes, renorm=renorm)
-            res = lab.evaluate(ipc=ipc, label=label, student=recipes[ipc], seeds=seed_ids, experts=[expert],
-                               image_seed=IMAGE_SEED_BASE + ipc, protocol="clean", study=NAME)
-            cells[key] = {"expert_epoch": key[0], "k": k, "labels": k_name(k, num_classes), "ipc": ipc,
-                          "label_kind": label.kind, "transform": label.transform, "codec": label.codec,
-                          "renorm": bool(renorm) if 0 < k < num_classes else None,
-                          "student_epochs": recipes[ipc].epochs, **cell_stats(res)}
-        return cells[key]
-
+    keys: list[tuple[int | None, int, int]] = []  # (expert epoch or None for hard labels, k, ipc)
     for e in epoch_list:
         for k in k_list:
-            for ipc in ipc_list:
-                run(e, k, ipc)
+            keys += [(None if k == 0 else e, k, ipc) for ipc in ipc_list]
     for e in front_list:
-        for ipc in ipc_list:
-            run(e, num_classes, ipc)
+        keys += [(e, num_classes, ipc) for ipc in ipc_list]
+    keys = list(dict.fromkeys(keys))
+    labels = {key: label_for_k(key[1], epoch=key[0] or last, num_classes=num_classes, renorm=renorm) for key in keys}
+    # one call for the whole grid: its students may train in parallel (Lab.workers)
+    results = lab.evaluate_many([Cell(ipc=ipc, label=labels[key], student=recipes[ipc], seeds=seed_ids,
+                                      experts=(expert,), image_seed=IMAGE_SEED_BASE + ipc, protocol="clean",
+                                      study=NAME) for key in keys for ipc in [key[2]]])
+    cells: dict[tuple[int | None, int, int], dict[str, Any]] = {}
+    for key, res in zip(keys, results, strict=True):
+        e, k, ipc = key
+        label = labels[key]
+        cells[key] = {"expert_epoch": e, "k": k, "labels": k_name(k, num_classes), "ipc": ipc,
+                      "label_kind": label.kind, "transform": label.transform, "codec": label.codec,
+                      "renorm": bool(renorm) if 0 < k < num_classes else None,
+                      "student_epochs": recipes[ipc].epochs, **cell_stats(res)}
     rows = sorted(cells.values(), key=lambda r: (r["expert_epoch"] or 0, r["k"], r["ipc"]))
 
     # ---- law fits per (epoch, k) and the hard-label IPC to match -----------------------------------------

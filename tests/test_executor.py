@@ -1,0 +1,127 @@
+"""Parallel students: the worker policy, the thread plan, and that a worker trains the same student."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from softlabels.config import LabelSpec
+from softlabels.executor import (
+    PARALLEL_MAX_BATCH,
+    PARALLEL_MIN_STEPS,
+    ProcessExecutor,
+    SerialExecutor,
+    StudentJob,
+    make_executor,
+    resolve_workers,
+    thread_plan,
+)
+from softlabels.train import EvalSets
+
+
+def test_thread_plan_gives_a_lone_last_job_every_core():
+    assert thread_plan(4, 2, 2) == [1, 1, 1, 1]
+    assert thread_plan(3, 2, 2) == [1, 1, 2]
+    assert thread_plan(1, 2, 2) == [2]
+    assert thread_plan(6, 4, 16) == [4, 4, 4, 4, 8, 8]
+    assert thread_plan(2, 4, 2) == [1, 1]  # never below one thread
+
+
+def test_auto_workers_only_for_enough_small_batch_work_on_cpu():
+    big = PARALLEL_MIN_STEPS
+    assert resolve_workers("auto", "cpu", n_jobs=5, batch=10, steps=big, cores=2) == 2
+    assert resolve_workers("auto", "cpu", n_jobs=5, batch=10, steps=big, cores=16) == 5
+    assert resolve_workers("auto", "cpu", n_jobs=5, batch=PARALLEL_MAX_BATCH + 1, steps=big, cores=2) == 1
+    assert resolve_workers("auto", "cpu", n_jobs=5, batch=10, steps=big - 1, cores=2) == 1
+    assert resolve_workers("auto", "cpu", n_jobs=1, batch=10, steps=big, cores=2) == 1
+    assert resolve_workers("auto", "cpu", n_jobs=5, batch=10, steps=big, cores=1) == 1
+    assert resolve_workers("auto", "cuda", n_jobs=5, batch=10, steps=big, cores=8) == 1
+    assert resolve_workers(3, "cpu", n_jobs=1, batch=1000, steps=0) == 3
+    with pytest.raises(ValueError, match="workers must be 'auto' or a positive int"):
+        resolve_workers("many", "cpu", n_jobs=2, batch=10, steps=big)
+    with pytest.raises(ValueError, match="workers"):
+        resolve_workers(0, "cpu", n_jobs=2, batch=10, steps=big)
+    with pytest.raises(ValueError, match="CPU only"):
+        make_executor(2, None, device="meta")
+
+
+def _jobs(tiny_ds, tiny_student, n):
+    x = tiny_ds.normalize(tiny_ds.train_images[:24])
+    y = F.softmax(torch.randn(24, 4, generator=torch.Generator().manual_seed(0)), 1)
+    ev = EvalSets(tiny_ds.normalize(tiny_ds.test_images), tiny_ds.test_targets)
+    return ev, [StudentJob(x, y, tiny_student, seed=s, return_state=True, tag=s) for s in range(n)]
+
+
+def test_a_worker_trains_the_same_student_as_this_process(tiny_ds, tiny_student):
+    ev, jobs = _jobs(tiny_ds, tiny_student, 2)
+    serial, parallel = {}, {}
+    SerialExecutor(ev).run(jobs, lambda job, res: serial.__setitem__(job.tag, res))
+    ex = ProcessExecutor(ev, workers=2, cores=2)  # one thread per worker, as this process (conftest)
+    try:
+        ex.run(jobs, lambda job, res: parallel.__setitem__(job.tag, res))
+    finally:
+        ex.close()
+    assert sorted(parallel) == [0, 1]
+    for s in (0, 1):
+        a, b = serial[s], parallel[s]
+        assert b.threads == 1 and a.test_acc == b.test_acc and a.train_acc == b.train_acc
+        for k in a.state:
+            torch.testing.assert_close(a.state[k], b.state[k], rtol=0, atol=1e-6)
+    assert serial[0].state["classifier.weight"].ne(serial[1].state["classifier.weight"]).any()
+
+
+def test_a_failing_job_raises_in_the_caller(tiny_ds, tiny_student):
+    ev, jobs = _jobs(tiny_ds, tiny_student, 2)
+    bad = StudentJob(jobs[0].images, jobs[0].labels[:, :2] * 5, tiny_student, seed=0)  # rows sum to 5
+    ex = ProcessExecutor(ev, workers=2, cores=2)
+    try:
+        with pytest.raises(ValueError):
+            ex.run([bad, jobs[1]], lambda job, res: None)
+    finally:
+        ex.close()
+
+
+def test_lab_with_workers_stores_each_student_and_resumes(tiny_lab, tiny_expert, tiny_student):
+    import dataclasses
+
+    lab = dataclasses.replace(tiny_lab, workers=2)
+    traj = lab.expert(tiny_expert)
+    cell = {"ipc": 2, "label": LabelSpec(expert_epoch=2), "student": tiny_student, "experts": [traj]}
+    try:
+        res = lab.evaluate(seeds=[0, 1, 2], **cell)
+        assert [r["cached"] for r in res] == [False] * 3 and len(lab.store) == 3
+        assert {r["metrics"]["threads"] for r in res} <= {1, 2}
+        again = lab.evaluate(seeds=[0, 1, 2, 3], **cell)  # only seed 3 trains
+        assert [r["cached"] for r in again] == [True, True, True, False]
+        assert [r["metrics"]["test_acc"] for r in again[:3]] == [r["metrics"]["test_acc"] for r in res]
+    finally:
+        lab.close()
+
+
+@pytest.mark.slow
+def test_workers_do_not_rerun_a_script_without_a_main_guard(tmp_path):
+    marker = tmp_path / "runs.txt"
+    script = tmp_path / "noguard.py"
+    script.write_text(textwrap.dedent(f"""
+        from softlabels.config import DataSpec, LabelSpec, StudentRecipe
+        from softlabels.data.synthetic import make_synthetic
+        from softlabels.lab import Lab
+
+        with open({str(marker)!r}, "a") as f:
+            f.write("run\\n")
+        ds = make_synthetic(num_classes=4, n_train=240, n_test=80, size=12, seed=0)
+        st = StudentRecipe(model="convnet-d3", width=8, epochs=2, precision="fp32", compile="off", batch_size=16)
+        with Lab({str(tmp_path / "out")!r}, data=DataSpec(name="synthetic", val_fraction=0.2), dataset=ds,
+                 progress=False, workers=2) as lab:
+            res = lab.evaluate(ipc=2, label=LabelSpec(kind="hard", codec="hard"), student=st, seeds=[0, 1])
+        print("ok", len(res))
+    """))
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "ok 2" in out.stdout
+    assert marker.read_text().count("run") == 1
