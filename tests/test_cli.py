@@ -43,3 +43,16 @@ def test_run_precision_option_parses_and_is_validated():
     assert build_parser().parse_args(["run", "--precision", "fp32"]).precision == "fp32"
     with pytest.raises(SystemExit):
         build_parser().parse_args(["run", "--precision", "fp8"])
+
+
+def test_workers_option_parses_and_is_validated(capsys):
+    from softlabels.cli import build_parser
+
+    p = build_parser()
+    assert p.parse_args(["run"]).workers == "auto"
+    assert p.parse_args(["run", "--workers", "2"]).workers == 2
+    assert p.parse_args(["study", "scaling", "--workers", "1"]).workers == 1
+    for bad in ("0", "two"):
+        with pytest.raises(SystemExit):
+            p.parse_args(["run", "--workers", bad])
+    assert "--workers takes 'auto' or a positive integer" in capsys.readouterr().err

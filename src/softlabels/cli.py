@@ -18,13 +18,29 @@ def _common(p: argparse.ArgumentParser, *, preset: bool = True) -> None:
     if preset:
         p.add_argument("--preset", default="default", help="settings bundle: default (CPU), paper (GPU), smoke")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--workers", default="auto", type=_workers,
+                   help="student worker processes: auto (default: parallel on CPU only for long small-batch "
+                        "sweeps, where it was measured to pay), or N (1 = all in this process)")
+
+
+def _workers(v: str) -> int | str:
+    if v == "auto":
+        return v
+    try:
+        n = int(v)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"--workers takes 'auto' or a positive integer, got {v!r}")
+    return n
 
 
 def _lab(args, preset):
     from .lab import Lab
 
     data = preset.data if args.dataset is None else preset.data.replace(name=args.dataset)
-    return Lab(Path(args.out), data=data, device=args.device, root=args.root, progress=not args.quiet)
+    return Lab(Path(args.out), data=data, device=args.device, root=args.root, progress=not args.quiet,
+               workers=args.workers)
 
 
 def _console():
