@@ -110,6 +110,38 @@ def reference_runs(ipcs, epochs, width, seeds, allocator) -> dict:
     return out
 
 
+def parallel_runs(x, y, recipe, seeds, compile_on, evals, amp, workers):
+    """The engine's students in ``workers`` processes: (seconds per student-epoch, test accuracies, warm-up s).
+
+    Workers are started and warmed up (a 2-epoch student each) first; the timed part trains every seed
+    (no evaluation), then each returned student is evaluated here.
+    """
+    from softlabels.executor import ProcessExecutor, StudentJob
+
+    ex = ProcessExecutor(None, workers=workers)
+    try:
+        t0 = time.perf_counter()
+        warm_jobs = [StudentJob(x, y, recipe.replace(epochs=2), seed=99 + i, compile_model=compile_on, evaluate=False)
+                     for i in range(workers)]
+        ex.run(warm_jobs, lambda job, res: None)
+        warm = time.perf_counter() - t0
+        states: dict[int, dict] = {}
+        t0 = time.perf_counter()
+        ex.run([StudentJob(x, y, recipe, seed=s, compile_model=compile_on, evaluate=False, return_state=True, tag=s)
+                for s in range(seeds)], lambda job, res: states.__setitem__(job.tag, res.state))
+        per_epoch = (time.perf_counter() - t0) / (seeds * recipe.epochs)
+    finally:
+        ex.close()
+    accs = []
+    for s in range(seeds):
+        net = init_model("convnet-d3", recipe.width, seed=s, in_channels=1, num_classes=10, image_size=(28, 28),
+                         device=torch.device("cpu"))
+        net.load_state_dict(states[s])
+        run = _evaluator(net, recipe, ("bench", recipe.width), torch.device("cpu"), evals)
+        accs.append(float((run(evals.test_x, amp_dtype=amp) == evals.test_y).float().mean()))
+    return [per_epoch] * seeds, accs, warm
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
@@ -121,6 +153,9 @@ def main() -> None:
                          "the warm-up is printed separately)")
     ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
     ap.add_argument("--reference-allocator", default="system", choices=["system", "tuned"])
+    ap.add_argument("--workers", type=int, default=1,
+                    help="train the engine's students in N worker processes (softlabels.executor); timing is "
+                         "the wall time of all seeds / (seeds x epochs), so use a multiple of N seeds")
     args = ap.parse_args()
     seeds = args.seeds or (1 if args.quick else 3)
     epochs = QUICK_EPOCHS if args.quick else FULL_EPOCHS
@@ -146,14 +181,17 @@ def main() -> None:
         recipe = StudentRecipe(model="convnet-d3", width=args.width, epochs=e, precision=args.precision,
                                compile=args.compile)
         compile_on = resolve_compile(args.compile, torch.device("cpu"), total_steps=planned_steps(recipe, len(x), seeds))
-        if compile_on:  # warm-up once per model shape (all batch sizes), amortised over a study's students
+        if compile_on and args.workers == 1:  # warm-up once per model shape, amortised over a study's students
             t0 = time.perf_counter()
             train_student(x, y, recipe.replace(epochs=2), seed=99, evals=None, compile_model=True)
             warm = time.perf_counter() - t0
+        if args.workers > 1:  # parallel students: per student-epoch = wall of all seeds / (seeds x epochs)
+            our_t, our_acc, warm = parallel_runs(x, y, recipe, seeds, compile_on, evals, amp, args.workers)
         for s in range(seeds):
-            r = train_student(x, y, recipe, seed=s, evals=evals, compile_model=compile_on)
-            our_t.append(r.train_s / e)
-            our_acc.append(r.test_acc)
+            if args.workers == 1:
+                r = train_student(x, y, recipe, seed=s, evals=evals, compile_model=compile_on)
+                our_t.append(r.train_s / e)
+                our_acc.append(r.test_acc)
             # the engine's evaluation path (compiled inference, warmed up once per process), timed alone
             net2 = init_model("convnet-d3", args.width, seed=s, in_channels=1, num_classes=10, image_size=(28, 28),
                               device=torch.device("cpu"))
@@ -166,7 +204,8 @@ def main() -> None:
         rt, ot = statistics.median(ref_t), statistics.median(our_t)
         print(f"IPC {ipc:3d} ({len(x)} images, {e} epochs, {seeds} seed(s)):")
         print(f"  per student-epoch: reference {rt * 1e3:8.1f} ms   softlabels {ot * 1e3:8.1f} ms   "
-              f"ratio {rt / ot:5.2f}x" + (f"   (compile warm-up {warm:.0f} s, once per shape)" if compile_on else ""))
+              f"ratio {rt / ot:5.2f}x" + (f"   (compile warm-up {warm:.0f} s, once per shape)" if compile_on and args.workers == 1 else "")
+              + (f"   [{args.workers} worker processes: start + compile {warm:.0f} s]" if args.workers > 1 else ""))
         print(f"  test evaluation (10k): reference {statistics.median(ref_ev):6.2f} s   softlabels "
               f"{statistics.median(our_ev):6.2f} s   ratio {statistics.median(ref_ev) / statistics.median(our_ev):5.2f}x")
         print(f"  test accuracy after {e} epochs: reference {100 * np.mean(ref_acc):5.1f} ± {100 * np.std(ref_acc):.1f}"

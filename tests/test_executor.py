@@ -19,17 +19,8 @@ from softlabels.executor import (
     StudentJob,
     make_executor,
     resolve_workers,
-    thread_plan,
 )
 from softlabels.train import EvalSets
-
-
-def test_thread_plan_gives_a_lone_last_job_every_core():
-    assert thread_plan(4, 2, 2) == [1, 1, 1, 1]
-    assert thread_plan(3, 2, 2) == [1, 1, 2]
-    assert thread_plan(1, 2, 2) == [2]
-    assert thread_plan(6, 4, 16) == [4, 4, 4, 4, 8, 8]
-    assert thread_plan(2, 4, 2) == [1, 1]  # never below one thread
 
 
 def test_auto_workers_only_for_enough_small_batch_work_on_cpu():

@@ -92,15 +92,6 @@ def resolve_workers(setting: int | str, device: torch.device | str, *, n_jobs: i
     return check_positive_int("workers", setting)
 
 
-def thread_plan(n_jobs: int, workers: int, cores: int) -> list[int]:
-    """Threads per job: ``cores // workers`` while every worker is busy; the jobs of a last, partial round
-    share all cores (3 jobs on 2 workers: 1, 1, 2), so no core idles while a lone job trains."""
-    per = max(1, cores // workers)
-    full = n_jobs - n_jobs % workers
-    tail = n_jobs - full
-    return [per] * full + ([max(1, cores // tail)] * tail if tail else [])
-
-
 class SerialExecutor:
     """Every student in this process, one after the other (the engine's default on GPUs and large batches)."""
 
@@ -130,8 +121,7 @@ def _init_worker(evals: EvalSets | None, device: str, threads: int) -> None:
     _WORKER.update(evals=evals, device=device)
 
 
-def _run_in_worker(job: StudentJob, threads: int) -> StudentResult:
-    torch.set_num_threads(threads)
+def _run_in_worker(job: StudentJob) -> StudentResult:
     return _train(job, _WORKER["evals"], _WORKER["device"], None)
 
 
@@ -145,7 +135,8 @@ class ProcessExecutor:
     """``workers`` spawned processes, each training one student at a time on ``cores // workers`` threads.
 
     The pool starts on the first ``run`` and is reused until :meth:`close` (``Lab.close``), so each worker
-    compiles a model shape once. CPU only.
+    compiles a model shape once. A worker's thread count stays fixed: a compiled graph is specialised for
+    it (changing it recompiles), so a last job alone in a round does not take the idle cores. CPU only.
     """
 
     def __init__(self, evals: EvalSets | None, *, workers: int, cores: int | None = None) -> None:
@@ -173,12 +164,11 @@ class ProcessExecutor:
         if not jobs:
             return
         pool = self._ensure_pool()
-        plan = thread_plan(len(jobs), self.workers, self.cores)
         pending: dict[Future, StudentJob] = {}
         try:
             with _main_not_reimported():  # workers are spawned on submit
-                for job, threads in zip(jobs, plan, strict=True):
-                    pending[pool.submit(_run_in_worker, _cpu_job(job), threads)] = job
+                for job in jobs:
+                    pending[pool.submit(_run_in_worker, _cpu_job(job))] = job
             while pending:
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for fut in done:
