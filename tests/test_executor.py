@@ -116,3 +116,23 @@ def test_workers_do_not_rerun_a_script_without_a_main_guard(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     assert "ok 2" in out.stdout
     assert marker.read_text().count("run") == 1
+
+
+def test_an_interrupt_stops_the_workers_and_a_later_run_starts_fresh_ones(tiny_ds, tiny_student):
+    ev, jobs = _jobs(tiny_ds, tiny_student, 4)
+    ex = ProcessExecutor(ev, workers=2, cores=2)
+    got = []
+
+    def interrupt(job, res):
+        got.append(job.tag)
+        raise KeyboardInterrupt
+
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            ex.run(jobs, interrupt)
+        assert len(got) == 1 and ex._pool is None  # the other students were stopped, not awaited
+        done = []
+        ex.run(jobs[:2], lambda job, res: done.append(job.tag))
+        assert sorted(done) == [0, 1]
+    finally:
+        ex.close()

@@ -3,9 +3,9 @@
 A student at IPC 1-5 trains on batches of 10-50 images, too small for PyTorch to keep two CPU cores
 busy: per step, Python, the autograd engine and thread hand-offs cost as much as the arithmetic. Two
 students in two single-threaded processes then finish sooner than the same two students one after the
-other on two threads each. Measured on these 2 cores (``benchmarks/students.py``, ``benchmarks/parallel.py``):
-per student-step, width 32, batch 10: 1.80 vs 3.22 ms (1.79x); width 128, batch 10: 10.3 vs 12.0 ms
-(1.16x); width 32, batch 100: 12.5 vs 13.7 ms (1.10x); width 128, batch 100: 1.02x; a 10k-image
+other on two threads each. Measured on these 2 cores, 2 workers vs serial, per student-step, over 2-3
+runs each (``benchmarks/parallel.py``; the machine's timings are noisy): width 32, batch 10: 1.7-2.0x;
+width 128, batch 10: 1.1-1.8x; width 32, batch 100: 0.95-1.10x; width 128, batch 100: 1.02-1.21x; a 10k
 evaluation: 1.0x. Each worker also starts Python and compiles its own graphs (~15 s with a warm compile
 cache). So ``workers="auto"`` runs students in parallel on CPU only where the batch is small
 (``PARALLEL_MAX_BATCH``) and there is enough of that work to repay the start (``PARALLEL_MIN_STEPS``).
@@ -178,14 +178,19 @@ class ProcessExecutor:
                         on_epoch(job.recipe.epochs)
                     on_result(job, res)
         except BaseException:
-            for fut in pending:
-                fut.cancel()
+            if pending:  # an interrupt or a failed job: stop the students in flight too (a fresh pool next time)
+                self.close(terminate=True)
             raise
 
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+    def close(self, *, terminate: bool = False) -> None:
+        """Stop the workers: after their current students, or at once with ``terminate``."""
+        if self._pool is None:
+            return
+        pool, self._pool = self._pool, None
+        if terminate:
+            for proc in list(getattr(pool, "_processes", {}).values()):
+                proc.terminate()
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 @contextmanager

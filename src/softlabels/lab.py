@@ -28,7 +28,7 @@ Progress = Callable[[str, int, int], None]
 
 
 @dataclass(frozen=True)
-class Cell:
+class CellSpec:
     """One :meth:`Lab.evaluate` call as a value (for :meth:`Lab.evaluate_many`): the students of ``seeds``
     on the set for (``ipc``, ``label``, ``image_seed``)."""
 
@@ -137,11 +137,11 @@ class Lab:
         per_class, ...), ``nbytes``, ``cached``. ``make_set`` overrides how the set is built (studies
         that remove images or change labels); its identity must be captured in ``extra``.
         """
-        return self.evaluate_many([Cell(ipc=ipc, label=label, student=student, seeds=seeds, experts=experts,
+        return self.evaluate_many([CellSpec(ipc=ipc, label=label, student=student, seeds=seeds, experts=experts,
                                         image_seed=image_seed, protocol=protocol, study=study, extra=extra,
                                         make_set=make_set, eval_classes=eval_classes, image_codec=image_codec)])[0]
 
-    def evaluate_many(self, cells: Sequence[Cell]) -> list[list[dict]]:
+    def evaluate_many(self, cells: Sequence[CellSpec]) -> list[list[dict]]:
         """:meth:`evaluate` for several cells at once, so their students can train in parallel
         (``workers``): one list of per-seed dicts per cell, in order. Each result is stored as soon as its
         student finishes; a re-run trains only what the store lacks."""
@@ -199,7 +199,7 @@ class Lab:
                 executor.run(group, store, on_epoch=tick)
         return outs
 
-    def _lookup(self, cell: Cell) -> tuple[list[dict], list[tuple[int, int, dict]]]:
+    def _lookup(self, cell: CellSpec) -> tuple[list[dict], list[tuple[int, int, dict]]]:
         """Stored results of ``cell`` (one dict per seed, ``{}`` where missing) and its missing seeds."""
         out: list[dict] = []
         todo = []
