@@ -168,3 +168,17 @@ def test_fused_optimizer_is_the_same_update_as_the_loop(optimizer):
             opt.step()
     for p, q in zip(a, b, strict=True):
         torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-6)
+
+
+def test_compiled_evaluation_compiles_one_graph_for_full_and_padded_chunks(tiny_ds):
+    from torch._dynamo.utils import counters
+
+    from softlabels.train import COMPILED_EVAL, init_model, predict
+
+    x = tiny_ds.normalize(tiny_ds.test_images).repeat(14, 1, 1, 1)[:1100]  # a full chunk of 1024 and a padded one
+    m = init_model("convnet-d3", 5, seed=3, in_channels=1, num_classes=4, image_size=(12, 12),  # a shape of its own
+                   device=torch.device("cpu"))
+    before = counters["stats"]["unique_graphs"]
+    pred = COMPILED_EVAL.predictor(("test-one-graph", 5), m)(x, amp_dtype=None)
+    assert counters["stats"]["unique_graphs"] - before == 1  # inference tensors alike: no recompile
+    assert torch.equal(pred, predict(m, x))

@@ -140,8 +140,8 @@ def predict(model: nn.Module, x: torch.Tensor, *, batch_size: int = 2048,
     for i in range(0, x.shape[0], batch_size):
         xb = x[i:i + batch_size]
         n = xb.shape[0]
-        if fixed_shape and n < batch_size:
-            xb = torch.cat([xb, xb.new_zeros((batch_size - n, *xb.shape[1:]))])
+        if fixed_shape:  # padded or not, an inference tensor: a compiled graph guards on the tensor kind
+            xb = torch.cat([xb, xb.new_zeros((batch_size - n, *xb.shape[1:]))]) if n < batch_size else xb.clone()
         with autocast_ctx(dev, amp_dtype):
             out.append(model(xb)[:n].argmax(1))
     model.train(was_training)
