@@ -136,3 +136,18 @@ def test_an_interrupt_stops_the_workers_and_a_later_run_starts_fresh_ones(tiny_d
         assert sorted(done) == [0, 1]
     finally:
         ex.close()
+
+
+def test_lab_decides_workers_from_all_seeds_of_its_cells(tiny_lab, tiny_expert, tiny_student, monkeypatch):
+    """Like the compile choice: a resumed cell (some seeds stored) must train on the same thread counts."""
+    import softlabels.lab as lab_mod
+    from softlabels.train import planned_steps
+
+    seen = []
+    real = lab_mod.resolve_workers
+    monkeypatch.setattr(lab_mod, "resolve_workers", lambda *a, **k: (seen.append(k), real(*a, **k))[1])
+    traj = tiny_lab.expert(tiny_expert)
+    cell = {"ipc": 2, "label": LabelSpec(expert_epoch=2), "student": tiny_student, "experts": [traj]}
+    tiny_lab.evaluate(seeds=[0], **cell)
+    tiny_lab.evaluate(seeds=[0, 1], **cell)  # seed 0 is stored: one student left, the decision weighs two
+    assert seen[-1] == {"n_jobs": 2, "batch": 8, "steps": planned_steps(tiny_student, 8, 2)}

@@ -180,15 +180,19 @@ class Lab:
             outs[job.tag["cell"]][job.tag["pos"]] = {"config": cfg, "metrics": metrics, "nbytes": nb["total"],
                                                      "wall_s": res.wall_s, "cached": False}
 
-        # students with small batches may train in parallel (where that pays, see softlabels.executor)
-        par = [j.batch <= PARALLEL_MAX_BATCH and j.recipe.loop != "reference" for j in jobs]
-        small = [j for j, p in zip(jobs, par, strict=True) if p]
-        workers = resolve_workers(self.workers, self.device, n_jobs=len(small),
-                                  batch=max((j.batch for j in small), default=0),
-                                  steps=sum(planned_steps(j.recipe, len(j.images), 1) for j in small))
+        # students with small batches may train in parallel (where that pays, see softlabels.executor); like
+        # the compile choice, the decision weighs every seed of the cells (ipc x classes images each), not
+        # what is left, so a resumed sweep trains on the same thread counts as an uninterrupted one
+        n_cls = self.prepared.num_classes
+        small_cells = {i for i, c in enumerate(cells)
+                       if min(c.student.batch_size, c.ipc * n_cls) <= PARALLEL_MAX_BATCH and c.student.loop != "reference"}
+        workers = resolve_workers(
+            self.workers, self.device, n_jobs=sum(len(cells[i].seeds) for i in small_cells),
+            batch=max((min(cells[i].student.batch_size, cells[i].ipc * n_cls) for i in small_cells), default=0),
+            steps=sum(planned_steps(cells[i].student, cells[i].ipc * n_cls, len(cells[i].seeds)) for i in small_cells))
         if workers > 1:
-            groups = [(self._executor(workers), small),
-                      (self._executor(1), [j for j, p in zip(jobs, par, strict=True) if not p])]
+            groups = [(self._executor(workers), [j for j in jobs if j.tag["cell"] in small_cells]),
+                      (self._executor(1), [j for j in jobs if j.tag["cell"] not in small_cells])]
         else:
             groups = [(self._executor(1), jobs)]
         first = cells[jobs[0].tag["cell"]]
