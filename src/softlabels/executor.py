@@ -24,7 +24,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -41,9 +41,10 @@ PARALLEL_MIN_STEPS = 10_000
 MAX_AUTO_WORKERS = 8
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # eq=False: compared by identity, never tensor by tensor
 class StudentJob:
-    """One student to train: model-ready ``images`` and probability ``labels`` (CPU or device tensors)."""
+    """One student to train: model-ready ``images`` and probability ``labels`` (CPU or device tensors);
+    ``tag`` is the caller's (it stays in the caller's process)."""
 
     images: torch.Tensor
     labels: torch.Tensor
@@ -53,7 +54,7 @@ class StudentJob:
     compile_model: bool = False
     evaluate: bool = True
     return_state: bool = False
-    tag: Any = field(default=None, compare=False)
+    tag: Any = None
 
     @property
     def batch(self) -> int:
@@ -159,7 +160,8 @@ class ProcessExecutor:
         """Train ``jobs``; ``on_result(job, result)`` in this process as each finishes (completion order).
 
         ``on_epoch`` receives a job's epochs when it finishes (workers do not report per epoch). An error in a
-        job, or an interrupt, cancels the jobs not started; results already handed back are kept.
+        job, or an interrupt, cancels the jobs not started and terminates those in flight; results already
+        handed back are kept (the caller has stored them).
         """
         if not jobs:
             return
