@@ -18,7 +18,7 @@ from typing import Any
 from ..config import LabelSpec, Preset, StudentRecipe
 from ..distill import label_images
 from ..experts import Trajectory
-from ..lab import Lab
+from ..lab import CellSpec, Lab
 from ..labels.diagnostics import entropy
 from ..selection import random_per_class
 from ..validation import check_positive_int
@@ -149,18 +149,16 @@ def study_expert_epoch(lab: Lab, *, scale: str = "quick", ipcs: Sequence[int] | 
     # default grid: quick 1, 2, 4, 7 and the last epoch; full every 2nd epoch from 1 (the paper's), the last
     grid = epoch_grid(epochs, scale, last, quick=QUICK_EPOCH_GRID, every=2)
 
+    recipes = {ipc: student_recipe(p, ipc, scale=scale, student_epochs=student_epochs) for ipc in ipc_list}
+    grid_cells = [(ipc, e, LabelSpec(kind="soft", expert_epoch=e)) for ipc in ipc_list for e in grid]
+    results = lab.evaluate_many([CellSpec(ipc=ipc, label=label, student=recipes[ipc], seeds=seed_ids, experts=(expert,),
+                                          image_seed=image_seed, protocol="clean", study=NAME)
+                                 for ipc, _, label in grid_cells])  # one call: students may train in parallel
     rows: list[dict[str, Any]] = []
-    recipes = {}
-    for ipc in ipc_list:
-        recipe = recipes[ipc] = student_recipe(p, ipc, scale=scale, student_epochs=student_epochs)
-        for e in grid:
-            label = LabelSpec(kind="soft", expert_epoch=e)
-            res = lab.evaluate(ipc=ipc, label=label, student=recipe, seeds=seed_ids, experts=[expert],
-                               image_seed=image_seed, protocol="clean", study=NAME)
-            rows.append({"ipc": ipc, "expert_epoch": e, "expert_acc": expert_acc(expert, e),
-                         "label_entropy": mean_label_entropy(lab, expert, ipc=ipc, label=label,
-                                                             image_seed=image_seed),
-                         **cell_stats(res)})
+    for (ipc, e, label), res in zip(grid_cells, results, strict=True):
+        rows.append({"ipc": ipc, "expert_epoch": e, "expert_acc": expert_acc(expert, e),
+                     "label_entropy": mean_label_entropy(lab, expert, ipc=ipc, label=label, image_seed=image_seed),
+                     **cell_stats(res)})
 
     chosen: dict[int, dict] = {}
     for ipc in ipc_list:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..config import LabelSpec, Preset
-from ..lab import Lab
+from ..lab import CellSpec, Lab
 from .base import StudyResult, int_list, pct, register_study, study_dir
 from .expert_epoch import cell_stats, chosen_epochs, group_options, group_settings, student_recipe
 
@@ -47,12 +47,11 @@ def study_swap(lab: Lab, *, scale: str = "quick", ipcs: Sequence[int] | None = N
         if include_hard:
             cells.insert(0, ("hard", None, LabelSpec(kind="hard", codec="hard")))
         cells += [("swap", i, soft.replace(transform=f"swap:i={i}")) for i in swap_list]
-        ipc_rows = []
-        for variant, i, label in cells:
-            res = lab.evaluate(ipc=ipc, label=label, student=recipe, seeds=seed_ids, experts=[expert],
-                               image_seed=image_seed, protocol="clean", study=NAME)
-            ipc_rows.append({"ipc": ipc, "variant": variant, "i": i,
-                             "expert_epoch": None if variant == "hard" else e, **cell_stats(res)})
+        results = lab.evaluate_many([CellSpec(ipc=ipc, label=label, student=recipe, seeds=seed_ids, experts=(expert,),
+                                              image_seed=image_seed, protocol="clean", study=NAME)
+                                     for _, _, label in cells])
+        ipc_rows = [{"ipc": ipc, "variant": variant, "i": i, "expert_epoch": None if variant == "hard" else e,
+                     **cell_stats(res)} for (variant, i, _), res in zip(cells, results, strict=True)]
         ref = next(r["test_mean"] for r in ipc_rows if r["variant"] == "soft")
         for r in ipc_rows:
             r["relative"] = r["test_mean"] / ref if ref > 0 else float("nan")

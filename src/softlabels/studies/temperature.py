@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..config import LabelSpec, Preset
-from ..lab import Lab
+from ..lab import CellSpec, Lab
 from .base import StudyResult, float_list, pct, register_study, study_dir
 from .expert_epoch import (
     argbest,
@@ -46,19 +46,17 @@ def study_temperature(lab: Lab, *, scale: str = "quick", ipcs: Sequence[int] | N
     # default grid: quick 1, 4 and the last epoch; full every 6th epoch from 1 (the paper's) and the last
     grid = epoch_grid(epochs, scale, expert.epochs_done, quick=QUICK_EPOCHS, every=6)
 
+    recipes = {ipc: student_recipe(p, ipc, scale=scale, student_epochs=student_epochs) for ipc in ipc_list}
+    grid_cells = [(ipc, e, t, LabelSpec(kind="soft", expert_epoch=e, temperature=t))
+                  for ipc in ipc_list for e in grid for t in temps]
+    results = lab.evaluate_many([CellSpec(ipc=ipc, label=label, student=recipes[ipc], seeds=seed_ids, experts=(expert,),
+                                          image_seed=image_seed, protocol="clean", study=NAME)
+                                 for ipc, _, _, label in grid_cells])  # one call: students may train in parallel
     rows: list[dict[str, Any]] = []
-    recipes = {}
-    for ipc in ipc_list:
-        recipe = recipes[ipc] = student_recipe(p, ipc, scale=scale, student_epochs=student_epochs)
-        for e in grid:
-            for t in temps:
-                label = LabelSpec(kind="soft", expert_epoch=e, temperature=t)
-                res = lab.evaluate(ipc=ipc, label=label, student=recipe, seeds=seed_ids, experts=[expert],
-                                   image_seed=image_seed, protocol="clean", study=NAME)
-                rows.append({"ipc": ipc, "expert_epoch": e, "temperature": t,
-                             "label_entropy": mean_label_entropy(lab, expert, ipc=ipc, label=label,
-                                                                 image_seed=image_seed),
-                             **cell_stats(res)})
+    for (ipc, e, t, label), res in zip(grid_cells, results, strict=True):
+        rows.append({"ipc": ipc, "expert_epoch": e, "temperature": t,
+                     "label_entropy": mean_label_entropy(lab, expert, ipc=ipc, label=label, image_seed=image_seed),
+                     **cell_stats(res)})
 
     summary = {str(ipc): _summarize([r for r in rows if r["ipc"] == ipc], last=grid[-1]) for ipc in ipc_list}
     figs = [_plot(rows, grid, temps, study_dir(lab, NAME) / "temperature.png", dataset=lab.data.name)]
