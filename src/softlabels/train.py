@@ -257,7 +257,8 @@ def make_optimizer(recipe: StudentRecipe, params: list[nn.Parameter]) -> torch.o
 
     The fused SGD update is the same arithmetic as the per-tensor loop (tested); it took 11.5 vs 12.4 ms
     per step at width 128, batch 10 on these 2 cores (one kernel for all parameters instead of ~4 per
-    tensor). Builds without it (torch < 2.4 on CPU) fall back to the loop.
+    tensor). Builds or devices without it fall back to the loop. Experts keep the loop (their stored
+    checkpoints stay what they were).
     """
     wd = recipe.resolved_weight_decay
     if recipe.optimizer == "sgd":
