@@ -151,3 +151,13 @@ def test_lab_decides_workers_from_all_seeds_of_its_cells(tiny_lab, tiny_expert, 
     tiny_lab.evaluate(seeds=[0], **cell)
     tiny_lab.evaluate(seeds=[0, 1], **cell)  # seed 0 is stored: one student left, the decision weighs two
     assert seen[-1] == {"n_jobs": 2, "batch": 8, "steps": planned_steps(tiny_student, 8, 2)}
+
+
+def test_lab_rejects_bad_worker_settings_at_construction(tmp_path):
+    from softlabels.lab import Lab
+
+    with pytest.raises(ValueError, match="workers must be 'auto' or a positive int"):
+        Lab(tmp_path, workers="lots")
+    with pytest.raises(ValueError, match="workers"):
+        Lab(tmp_path, workers=0)
+    assert Lab(tmp_path, workers=2).workers == 2

@@ -73,7 +73,8 @@ class Lab:
     def __post_init__(self) -> None:
         self.out_dir = Path(self.out_dir)
         self.device = str(resolve_device(self.device))
-        resolve_workers(self.workers, self.device, n_jobs=1, batch=1, steps=0)  # validates the setting
+        if resolve_workers(self.workers, self.device, n_jobs=1, batch=1, steps=0) > 1 and self.device != "cpu":
+            raise ValueError(f"parallel student workers run on CPU only; use workers=1 (or 'auto') on {self.device}")
 
     # ---- lazily built parts -------------------------------------------------------------------------
     @property
