@@ -64,9 +64,9 @@ class Lab:
     root: str | None = None
     dataset: object | None = None
     progress: bool = True
+    workers: int | str = "auto"  # student worker processes (softlabels.executor): "auto" or N
     _prepared: PreparedData | None = field(default=None, repr=False)
     _store: ResultsStore | None = field(default=None, repr=False)
-    workers: int | str = "auto"
     _evals: EvalSets | None = field(default=None, repr=False)
     _executors: dict = field(default_factory=dict, repr=False)
 
