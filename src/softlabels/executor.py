@@ -24,7 +24,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -55,10 +55,6 @@ class StudentJob:
     evaluate: bool = True
     return_state: bool = False
     tag: Any = None
-
-    @property
-    def batch(self) -> int:
-        return min(self.recipe.batch_size, int(self.images.shape[0]))
 
 
 OnResult = Callable[[StudentJob, StudentResult], None]
@@ -95,8 +91,6 @@ def resolve_workers(setting: int | str, device: torch.device | str, *, n_jobs: i
 
 class SerialExecutor:
     """Every student in this process, one after the other (the engine's default on GPUs and large batches)."""
-
-    workers = 1
 
     def __init__(self, evals: EvalSets | None, *, device: str | torch.device = "cpu") -> None:
         self.evals, self.device = evals, device
@@ -219,8 +213,6 @@ def _to_cpu(evals: EvalSets | None) -> EvalSets | None:
 
 
 def _cpu_job(job: StudentJob) -> StudentJob:
-    from dataclasses import replace
-
     return replace(job, images=job.images.cpu(), labels=job.labels.cpu(), tag=None)
 
 
@@ -228,6 +220,11 @@ def make_executor(workers: int, evals: EvalSets | None, *, device: str | torch.d
     """A :class:`SerialExecutor` for one worker, else a :class:`ProcessExecutor` (CPU only)."""
     if workers == 1:
         return SerialExecutor(evals, device=device)
-    if torch.device(device).type != "cpu":
-        raise ValueError(f"parallel student workers run on CPU only; use workers=1 on {device}")
+    check_workers_device(workers, device)
     return ProcessExecutor(evals, workers=workers)
+
+
+def check_workers_device(workers: int, device: str | torch.device) -> None:
+    """Worker processes train on CPU only: more than one worker on another device is an error."""
+    if workers > 1 and torch.device(device).type != "cpu":
+        raise ValueError(f"parallel student workers run on CPU only; use workers=1 (or 'auto') on {device}")

@@ -19,7 +19,7 @@ from .compressed import CompressedSet
 from .config import DataSpec, ExpertRecipe, LabelSpec, StudentRecipe
 from .data.prepared import PreparedData, prepare_data
 from .distill import build_compressed_set
-from .executor import PARALLEL_MAX_BATCH, StudentJob, make_executor, resolve_workers
+from .executor import PARALLEL_MAX_BATCH, StudentJob, check_workers_device, make_executor, resolve_workers
 from .experts import Trajectory, train_expert
 from .store import ResultsStore
 from .train import EvalSets, StudentResult, planned_steps, resolve_compile, resolve_device
@@ -73,8 +73,7 @@ class Lab:
     def __post_init__(self) -> None:
         self.out_dir = Path(self.out_dir)
         self.device = str(resolve_device(self.device))
-        if resolve_workers(self.workers, self.device, n_jobs=1, batch=1, steps=0) > 1 and self.device != "cpu":
-            raise ValueError(f"parallel student workers run on CPU only; use workers=1 (or 'auto') on {self.device}")
+        check_workers_device(resolve_workers(self.workers, self.device, n_jobs=1, batch=1, steps=0), self.device)
 
     # ---- lazily built parts -------------------------------------------------------------------------
     @property
@@ -185,11 +184,11 @@ class Lab:
         # the compile choice, the decision weighs every seed of the cells (ipc x classes images each), not
         # what is left, so a resumed sweep trains on the same thread counts as an uninterrupted one
         n_cls = self.prepared.num_classes
-        small_cells = {i for i, c in enumerate(cells)
-                       if min(c.student.batch_size, c.ipc * n_cls) <= PARALLEL_MAX_BATCH and c.student.loop != "reference"}
+        batch = [min(c.student.batch_size, c.ipc * n_cls) for c in cells]
+        small_cells = {i for i, c in enumerate(cells) if batch[i] <= PARALLEL_MAX_BATCH and c.student.loop != "reference"}
         workers = resolve_workers(
             self.workers, self.device, n_jobs=sum(len(cells[i].seeds) for i in small_cells),
-            batch=max((min(cells[i].student.batch_size, cells[i].ipc * n_cls) for i in small_cells), default=0),
+            batch=max((batch[i] for i in small_cells), default=0),
             steps=sum(planned_steps(cells[i].student, cells[i].ipc * n_cls, len(cells[i].seeds)) for i in small_cells))
         if workers > 1:
             groups = [(self._executor(workers), [j for j in jobs if j.tag["cell"] in small_cells]),
