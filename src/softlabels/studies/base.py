@@ -15,9 +15,9 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..config import ExpertRecipe, Preset, StudentRecipe, get_preset
+from ..config import ExpertRecipe, LabelSpec, Preset, StudentRecipe, get_preset
 from ..io import atomic_write_text, write_json
-from ..lab import Lab
+from ..lab import CellSpec, Lab
 from ..registry import Registry
 from ..validation import check_choice, check_positive_float, check_positive_int
 
@@ -200,6 +200,18 @@ def given_epochs(expert_epoch: int | dict, ipcs: Sequence[int], expert: Trajecto
     if bad:
         raise ValueError(f"expert_epoch {bad} exceeds the expert's {expert.epochs_done} epochs")
     return epochs
+
+
+def evaluate_grid(lab: Lab, grid: Sequence[tuple[int, LabelSpec]], *, recipes: dict[int, StudentRecipe],
+                  seeds: Sequence[int], expert: Trajectory, study: str,
+                  image_seed: int | Callable[[int], int]) -> list[list[dict]]:
+    """The clean-protocol students of every (ipc, label) cell of ``grid`` in one :meth:`Lab.evaluate_many`
+    call (so they may train in parallel): one list of per-seed results per cell, in order. ``image_seed`` is
+    one seed for every cell or a function of the IPC."""
+    seed_of = image_seed if callable(image_seed) else (lambda ipc: image_seed)
+    return lab.evaluate_many([CellSpec(ipc=ipc, label=label, student=recipes[ipc], seeds=seeds, experts=(expert,),
+                                       image_seed=seed_of(ipc), protocol="clean", study=study)
+                              for ipc, label in grid])
 
 
 def sweep_epochs(lab: Lab, preset: Preset, expert: Trajectory, ipcs: Sequence[int]) -> dict[int, int]:

@@ -18,12 +18,12 @@ from typing import Any
 from ..config import LabelSpec, Preset, StudentRecipe
 from ..distill import label_images
 from ..experts import Trajectory
-from ..lab import CellSpec, Lab
+from ..lab import Lab
 from ..labels.diagnostics import entropy
 from ..selection import random_per_class
 from ..validation import check_positive_int
 from . import base
-from .base import StudyResult, int_list, mean_std, metric_of, pct, register_study, study_dir
+from .base import StudyResult, evaluate_grid, int_list, mean_std, metric_of, pct, register_study, study_dir
 
 NAME = "expert-epoch"
 QUICK_IPCS = (1, 10)
@@ -151,9 +151,8 @@ def study_expert_epoch(lab: Lab, *, scale: str = "quick", ipcs: Sequence[int] | 
 
     recipes = {ipc: student_recipe(p, ipc, scale=scale, student_epochs=student_epochs) for ipc in ipc_list}
     grid_cells = [(ipc, e, LabelSpec(kind="soft", expert_epoch=e)) for ipc in ipc_list for e in grid]
-    results = lab.evaluate_many([CellSpec(ipc=ipc, label=label, student=recipes[ipc], seeds=seed_ids, experts=(expert,),
-                                          image_seed=image_seed, protocol="clean", study=NAME)
-                                 for ipc, _, label in grid_cells])  # one call: students may train in parallel
+    results = evaluate_grid(lab, [(ipc, label) for ipc, _, label in grid_cells], recipes=recipes, seeds=seed_ids,
+                            expert=expert, study=NAME, image_seed=image_seed)
     rows: list[dict[str, Any]] = []
     for (ipc, e, label), res in zip(grid_cells, results, strict=True):
         rows.append({"ipc": ipc, "expert_epoch": e, "expert_acc": expert_acc(expert, e),

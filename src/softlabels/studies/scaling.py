@@ -21,7 +21,7 @@ from ..config import LabelSpec, Preset, StudentRecipe
 from ..experts import Trajectory
 from ..fit import LawFit, fit_saturating, ipc_to_match
 from ..frontier import upper_envelope
-from ..lab import CellSpec, Lab
+from ..lab import Lab
 from ..validation import check_positive_int
 from . import base
 from .base import StudyResult, int_list, mean_std, metric_of, pct, register_study, study_dir
@@ -147,10 +147,8 @@ def study_scaling(lab: Lab, *, scale: str = "quick", ipcs: Sequence[int] | None 
         keys += [(e, num_classes, ipc) for ipc in ipc_list]
     keys = list(dict.fromkeys(keys))
     labels = {key: label_for_k(key[1], epoch=key[0] or last, num_classes=num_classes, renorm=renorm) for key in keys}
-    # one call for the whole grid: its students may train in parallel (Lab.workers)
-    results = lab.evaluate_many([CellSpec(ipc=ipc, label=labels[key], student=recipes[ipc], seeds=seed_ids,
-                                      experts=(expert,), image_seed=IMAGE_SEED_BASE + ipc, protocol="clean",
-                                      study=NAME) for key in keys for ipc in [key[2]]])
+    results = base.evaluate_grid(lab, [(key[2], labels[key]) for key in keys], recipes=recipes, seeds=seed_ids,
+                                 expert=expert, study=NAME, image_seed=lambda ipc: IMAGE_SEED_BASE + ipc)
     cells: dict[tuple[int | None, int, int], dict[str, Any]] = {}
     for key, res in zip(keys, results, strict=True):
         e, k, ipc = key

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..config import LabelSpec, Preset
-from ..lab import CellSpec, Lab
-from .base import StudyResult, int_list, pct, register_study, study_dir
+from ..lab import Lab
+from .base import StudyResult, evaluate_grid, int_list, pct, register_study, study_dir
 from .expert_epoch import cell_stats, chosen_epochs, group_options, group_settings, student_recipe
 
 NAME = "swap"
@@ -40,16 +40,15 @@ def study_swap(lab: Lab, *, scale: str = "quick", ipcs: Sequence[int] | None = N
     rows: list[dict[str, Any]] = []
     recipes = {}
     for ipc in ipc_list:
-        recipe = recipes[ipc] = student_recipe(p, ipc, scale=scale, student_epochs=student_epochs)
+        recipes[ipc] = student_recipe(p, ipc, scale=scale, student_epochs=student_epochs)
         e = epochs[ipc]
         soft = LabelSpec(kind="soft", expert_epoch=e)
         cells: list[tuple[str, int | None, LabelSpec]] = [("soft", None, soft)]
         if include_hard:
             cells.insert(0, ("hard", None, LabelSpec(kind="hard", codec="hard")))
         cells += [("swap", i, soft.replace(transform=f"swap:i={i}")) for i in swap_list]
-        results = lab.evaluate_many([CellSpec(ipc=ipc, label=label, student=recipe, seeds=seed_ids, experts=(expert,),
-                                              image_seed=image_seed, protocol="clean", study=NAME)
-                                     for _, _, label in cells])
+        results = evaluate_grid(lab, [(ipc, label) for _, _, label in cells], recipes=recipes, seeds=seed_ids,
+                                expert=expert, study=NAME, image_seed=image_seed)
         ipc_rows = [{"ipc": ipc, "variant": variant, "i": i, "expert_epoch": None if variant == "hard" else e,
                      **cell_stats(res)} for (variant, i, _), res in zip(cells, results, strict=True)]
         ref = next(r["test_mean"] for r in ipc_rows if r["variant"] == "soft")

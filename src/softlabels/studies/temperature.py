@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..config import LabelSpec, Preset
-from ..lab import CellSpec, Lab
-from .base import StudyResult, float_list, pct, register_study, study_dir
+from ..lab import Lab
+from .base import StudyResult, evaluate_grid, float_list, pct, register_study, study_dir
 from .expert_epoch import (
     argbest,
     cell_stats,
@@ -49,9 +49,8 @@ def study_temperature(lab: Lab, *, scale: str = "quick", ipcs: Sequence[int] | N
     recipes = {ipc: student_recipe(p, ipc, scale=scale, student_epochs=student_epochs) for ipc in ipc_list}
     grid_cells = [(ipc, e, t, LabelSpec(kind="soft", expert_epoch=e, temperature=t))
                   for ipc in ipc_list for e in grid for t in temps]
-    results = lab.evaluate_many([CellSpec(ipc=ipc, label=label, student=recipes[ipc], seeds=seed_ids, experts=(expert,),
-                                          image_seed=image_seed, protocol="clean", study=NAME)
-                                 for ipc, _, _, label in grid_cells])  # one call: students may train in parallel
+    results = evaluate_grid(lab, [(ipc, label) for ipc, _, _, label in grid_cells], recipes=recipes,
+                            seeds=seed_ids, expert=expert, study=NAME, image_seed=image_seed)
     rows: list[dict[str, Any]] = []
     for (ipc, e, t, label), res in zip(grid_cells, results, strict=True):
         rows.append({"ipc": ipc, "expert_epoch": e, "temperature": t,
