@@ -38,6 +38,7 @@ from softlabels.selection import random_per_class
 from softlabels.train import (
     EvalSets,
     _evaluator,
+    accuracy,
     init_model,
     planned_steps,
     resolve_compile,
@@ -138,7 +139,7 @@ def parallel_runs(x, y, recipe, seeds, compile_on, evals, amp, workers):
                          device=torch.device("cpu"))
         net.load_state_dict(states[s])
         run = _evaluator(net, recipe, ("bench", recipe.width), torch.device("cpu"), evals)
-        accs.append(float((run(evals.test_x, amp_dtype=amp) == evals.test_y).float().mean()))
+        accs.append(accuracy(run(evals.test_x, amp_dtype=amp), evals.test_y))
     return [per_epoch] * seeds, accs, warm
 
 
