@@ -87,3 +87,21 @@ def test_fused_stem_channels_last_layout_gives_the_same_values():
     a = instance_norm_stem(x, m.features[0], m.features[1])
     b = instance_norm_stem(x, m.features[0], m.features[1], channels_last=True)
     assert a.shape == b.shape and torch.allclose(a, b, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 16, 16)])
+def test_precomputed_stem_stats_give_the_same_logits(shape):
+    m = build_model(get_model_spec("convnet-d3", width=8), in_channels=shape[0], num_classes=4,
+                    image_size=shape[1:])
+    x = torch.randn(5, *shape) * 1.3 + 0.4
+    stats = m.stem_stats(x)
+    assert [tuple(s.shape) for s in stats] == [(5, 9 * shape[0]), (5, 9 * shape[0], 9 * shape[0])]
+    torch.testing.assert_close(m(x, stats), m(x), rtol=1e-5, atol=1e-5)
+    other = m.stem_stats(torch.randn(5, *shape))  # the stats are used, not recomputed from x
+    assert not torch.allclose(m(x, other), m(x), atol=1e-3)
+
+
+def test_stem_stats_are_none_without_a_fused_stem():
+    m = build_model(get_model_spec("convnet-d3", width=8, norm="batchnorm"), in_channels=1, num_classes=3,
+                    image_size=(16, 16))
+    assert m.stem_stats(torch.randn(2, 1, 16, 16)) is None

@@ -182,3 +182,28 @@ def test_compiled_evaluation_compiles_one_graph_for_full_and_padded_chunks(tiny_
     pred = COMPILED_EVAL.predictor(("test-one-graph", 5), m)(x, amp_dtype=None)
     assert counters["stats"]["unique_graphs"] - before == 1  # inference tensors alike: no recompile
     assert torch.equal(pred, predict(m, x))
+
+
+def test_evaluation_set_stem_stats_are_computed_once_and_reused(tiny_ds):
+    from softlabels.train import EVAL_STATS, init_model, predict
+
+    x = tiny_ds.normalize(tiny_ds.test_images).clone()
+    models = [init_model("convnet-d3", 8, seed=s, in_channels=1, num_classes=4, image_size=(12, 12),
+                         device=torch.device("cpu")) for s in (0, 1)]
+    first = EVAL_STATS.get(models[0], x, batch_size=7)  # chunked like an evaluation
+    assert EVAL_STATS.get(models[1], x) is first  # another model on the same set: no recomputation
+    with torch.inference_mode():
+        whole = models[0].stem_stats(x)
+    for a, b in zip(first, whole, strict=True):
+        torch.testing.assert_close(a, b)
+    for m in models:
+        assert torch.equal(predict(m, x, stats=first), predict(m, x))
+        assert torch.equal(predict(m, x, batch_size=16, fixed_shape=True, stats=first), predict(m, x))
+    assert EVAL_STATS.get(models[0], x.clone()) is not first  # another set (same values): its own entry
+    x.mul_(2)  # changed in place: recomputed
+    again = EVAL_STATS.get(models[0], x)
+    assert again is not first and not torch.allclose(again[0], first[0])
+    bn = init_model("convnet-d3", 8, seed=0, in_channels=1, num_classes=4, image_size=(12, 12),
+                    device=torch.device("cpu"))
+    bn.fused_stem = False
+    assert EVAL_STATS.get(bn, x) is None

@@ -70,19 +70,42 @@ class ConvNet(nn.Module):
         self.fused_stem = spec.norm == "instancenorm"
         self._block = 4 if spec.pooling != "none" else 3  # modules per block: conv, norm, ReLU[, pool]
 
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
+    def stem_stats(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The input statistics the fused first block needs (:func:`patch_stats`), None without it.
+
+        They depend on the images only, so an evaluation set's can be computed once and passed to every
+        model that evaluates on it (``forward(x, stats)``).
+        """
+        return patch_stats(x, self.features[0].padding) if self.fused_stem else None
+
+    def embed(self, x: torch.Tensor, stats: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         if self.fused_stem:
-            x = instance_norm_stem(x, self.features[0], self.features[1],
+            x = instance_norm_stem(x, self.features[0], self.features[1], stats=stats,
                                    channels_last=not torch.is_grad_enabled() and torch.compiler.is_compiling())
             x = self.features[2:self._block](x).contiguous()
             return self.features[self._block:](x).flatten(1)
         return self.features(x).flatten(1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.embed(x))
+    def forward(self, x: torch.Tensor, stats: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """Logits; ``stats`` are ``stem_stats(x)`` computed beforehand (ignored without a fused stem)."""
+        return self.classifier(self.embed(x, stats))
+
+
+def patch_stats(x: torch.Tensor, padding: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per image, the mean (N, 9C) and covariance (N, 9C, 9C) of its 3x3 patches at ``padding``, in fp32."""
+    return _patch_moments(F.unfold(x, 3, padding=tuple(padding)))
+
+
+def _patch_moments(patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    with torch.autocast(patches.device.type, enabled=False):
+        p = patches.float()  # (N, 9C, L)
+        mu = p.mean(-1)
+        pc = p - mu[:, :, None]
+        return mu, pc @ pc.transpose(1, 2) / p.shape[-1]
 
 
 def instance_norm_stem(x: torch.Tensor, conv: nn.Conv2d, norm: nn.GroupNorm, *,
+                       stats: tuple[torch.Tensor, torch.Tensor] | None = None,
                        channels_last: bool = False) -> torch.Tensor:
     """``norm(conv(x))`` for a 3x3 convolution followed by instance norm, computed per image as one
     linear map of the input patches.
@@ -96,16 +119,15 @@ def instance_norm_stem(x: torch.Tensor, conv: nn.Conv2d, norm: nn.GroupNorm, *,
     The convolution's bias cancels in the normalisation, as it does in ``norm(conv(x))``; it receives no
     gradient here. ``channels_last`` returns an NCHW-shaped view of an (N, H, W, O) result; ReLU + pooling
     of it in a compiled graph took 14 vs 24 ms (1024 images, width 32) in inference, but was slower in training.
+    ``stats`` are ``patch_stats(x, conv.padding)`` computed beforehand: an evaluation set's are the same for
+    every model, and reusing them made a compiled width-32 evaluation 1.47x faster (0.615 -> 0.417 s per 10k).
     """
     n, _, h, w = x.shape
     pad_h, pad_w = conv.padding
     ho, wo = h + 2 * pad_h - 2, w + 2 * pad_w - 2
     patches = F.unfold(x, 3, padding=(pad_h, pad_w))  # (N, 9C, L)
+    mu, cov = _patch_moments(patches) if stats is None else stats  # (N, 9C), (N, 9C, 9C)
     with torch.autocast(x.device.type, enabled=False):
-        p = patches.float()
-        mu = p.mean(-1)  # (N, 9C)
-        pc = p - mu[:, :, None]
-        cov = pc @ pc.transpose(1, 2) / p.shape[-1]  # (N, 9C, 9C)
         wf = conv.weight.float().flatten(1)  # (O, 9C)
         var = ((wf @ cov) * wf).sum(-1)  # (N, O)
         scale = norm.weight.float() * torch.rsqrt(var.clamp_min(0) + norm.eps)

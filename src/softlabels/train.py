@@ -11,6 +11,7 @@ import contextlib
 import copy
 import math
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 
@@ -128,10 +129,12 @@ def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Ten
 
 @torch.inference_mode()
 def predict(model: nn.Module, x: torch.Tensor, *, batch_size: int = 2048,
-            amp_dtype: torch.dtype | None = None, fixed_shape: bool = False) -> torch.Tensor:
+            amp_dtype: torch.dtype | None = None, fixed_shape: bool = False,
+            stats: tuple[torch.Tensor, ...] | None = None) -> torch.Tensor:
     """Argmax predictions in large batches (no augmentation).
 
     ``fixed_shape`` pads the last chunk to ``batch_size`` so a compiled model sees one input shape.
+    ``stats``: the model's ``stem_stats(x)``, computed beforehand (see :data:`EVAL_STATS`).
     """
     was_training = model.training
     model.eval()
@@ -140,12 +143,54 @@ def predict(model: nn.Module, x: torch.Tensor, *, batch_size: int = 2048,
     for i in range(0, x.shape[0], batch_size):
         xb = x[i:i + batch_size]
         n = xb.shape[0]
+        sb = None if stats is None else tuple(s[i:i + batch_size] for s in stats)
         if fixed_shape:  # padded or not, an inference tensor: a compiled graph guards on the tensor kind
-            xb = torch.cat([xb, xb.new_zeros((batch_size - n, *xb.shape[1:]))]) if n < batch_size else xb.clone()
+            xb = _pad_rows(xb, batch_size)
+            sb = None if sb is None else tuple(_pad_rows(s, batch_size) for s in sb)
         with autocast_ctx(dev, amp_dtype):
-            out.append(model(xb)[:n].argmax(1))
+            logits = model(xb) if sb is None else model(xb, sb)
+        out.append(logits[:n].argmax(1))
     model.train(was_training)
     return torch.cat(out)
+
+
+def _pad_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
+    """A new tensor of ``rows`` rows: ``t`` then zeros."""
+    return torch.cat([t, t.new_zeros((rows - t.shape[0], *t.shape[1:]))]) if t.shape[0] < rows else t.clone()
+
+
+class _EvalStats:
+    """Fused-stem input statistics (``ConvNet.stem_stats``) of evaluation sets, computed once per set and
+    reused by every model evaluated on it: they depend on the images only. In a study of 35 width-32
+    students (10k test + 5k validation images each) the stem's statistics were about a third of each
+    compiled evaluation (0.615 -> 0.417 s per 10k with them reused). Holds the last ``size`` sets."""
+
+    def __init__(self, size: int = 4) -> None:
+        self._size = size
+        self._entries: OrderedDict[tuple, tuple[torch.Tensor, tuple[torch.Tensor, ...]]] = OrderedDict()
+
+    @torch.inference_mode()
+    def get(self, model: nn.Module, x: torch.Tensor, *, batch_size: int = 1024) -> tuple[torch.Tensor, ...] | None:
+        if not getattr(model, "fused_stem", False):
+            return None
+        padding = tuple(model.features[0].padding)
+        key = (id(x), x.shape, x.device, padding, None if x.is_inference() else x._version)
+        hit = self._entries.get(key)
+        if hit is not None and hit[0] is x:  # the set itself is held, so its id is not reused
+            self._entries.move_to_end(key)
+            return hit[1]
+        parts = [model.stem_stats(x[i:i + batch_size]) for i in range(0, x.shape[0], batch_size)]
+        stats = tuple(torch.cat(p) for p in zip(*parts, strict=True))
+        self._entries[key] = (x, stats)
+        while len(self._entries) > self._size:
+            self._entries.popitem(last=False)
+        return stats
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+
+EVAL_STATS = _EvalStats()
 
 
 @torch.no_grad()
@@ -187,7 +232,8 @@ class _CompiledEval(_CompiledModels):
         compiled = self.get(key, model)
 
         def run(x: torch.Tensor, *, amp_dtype: torch.dtype | None) -> torch.Tensor:
-            return predict(compiled, x, batch_size=1024, amp_dtype=amp_dtype, fixed_shape=True)
+            return predict(compiled, x, batch_size=1024, amp_dtype=amp_dtype, fixed_shape=True,
+                           stats=EVAL_STATS.get(model, x))
 
         return run
 
@@ -338,7 +384,8 @@ def train_student(images: torch.Tensor, labels: torch.Tensor, recipe: StudentRec
             on_epoch(1)
         done = epoch + 1
         if evals is not None and protocol == "paper" and done % recipe.eval_every == 0 and done < recipe.epochs:
-            curve.append((done, accuracy(predict(plain, evals.test_x, amp_dtype=amp), evals.test_y)))
+            pred = predict(plain, evals.test_x, amp_dtype=amp, stats=EVAL_STATS.get(plain, evals.test_x))
+            curve.append((done, accuracy(pred, evals.test_y)))
     train_s = time.perf_counter() - t0
     train_acc = accuracy(predict(plain, images, amp_dtype=amp), labels.argmax(1))
     evaluate = _evaluator(plain, recipe, shape_key, dev, evals)
@@ -398,7 +445,7 @@ def _evaluator(model: nn.Module, recipe: StudentRecipe, key: tuple, dev: torch.d
         tune_allocator()
     if recipe.compile == "on" or (recipe.compile == "auto" and big and compile_available(dev.type)):
         return COMPILED_EVAL.predictor(key, model)
-    return lambda x, *, amp_dtype: predict(model, x, amp_dtype=amp_dtype)
+    return lambda x, *, amp_dtype: predict(model, x, amp_dtype=amp_dtype, stats=EVAL_STATS.get(model, x))
 
 
 def train_students(images: torch.Tensor, labels: torch.Tensor, recipe: StudentRecipe, *, seeds: Sequence[int],
