@@ -52,7 +52,8 @@ def test_workers_option_parses_and_is_validated(capsys):
     assert p.parse_args(["run"]).workers == "auto"
     assert p.parse_args(["run", "--workers", "2"]).workers == 2
     assert p.parse_args(["study", "scaling", "--workers", "1"]).workers == 1
+    assert p.parse_args(["study", "scaling", "--workers", "ray"]).workers == "ray"
     for bad in ("0", "two"):
         with pytest.raises(SystemExit):
             p.parse_args(["run", "--workers", bad])
-    assert "--workers takes 'auto' or a positive integer" in capsys.readouterr().err
+    assert "--workers takes 'auto', 'ray' or a positive integer" in capsys.readouterr().err

@@ -156,7 +156,7 @@ def test_lab_decides_workers_from_all_seeds_of_its_cells(tiny_lab, tiny_expert, 
 def test_lab_rejects_bad_worker_settings_at_construction(tmp_path):
     from softlabels.lab import Lab
 
-    with pytest.raises(ValueError, match="workers must be 'auto' or a positive int"):
+    with pytest.raises(ValueError, match="workers must be 'auto', 'ray' or a positive int"):
         Lab(tmp_path, workers="lots")
     with pytest.raises(ValueError, match="workers"):
         Lab(tmp_path, workers=0)

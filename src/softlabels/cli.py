@@ -19,19 +19,21 @@ def _common(p: argparse.ArgumentParser, *, preset: bool = True) -> None:
         p.add_argument("--preset", default="default", help="settings bundle: default (CPU), paper (GPU), smoke")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--workers", default="auto", type=_workers,
-                   help="student worker processes: auto (default: parallel on CPU only for long small-batch "
-                        "sweeps, where it was measured to pay), or N (1 = all in this process)")
+                   help="where students train: auto (default: parallel processes on CPU only for long "
+                        "small-batch sweeps, where it was measured to pay), N processes (1 = all in this "
+                        "process), or ray (each student a Ray task; the cluster at RAY_ADDRESS, else a local "
+                        "one; needs pip install 'softlabels[ray]')")
 
 
 def _workers(v: str) -> int | str:
-    if v == "auto":
+    if v in ("auto", "ray"):
         return v
     try:
         n = int(v)
     except ValueError:
         n = 0
     if n < 1:
-        raise argparse.ArgumentTypeError(f"--workers takes 'auto' or a positive integer, got {v!r}")
+        raise argparse.ArgumentTypeError(f"--workers takes 'auto', 'ray' or a positive integer, got {v!r}")
     return n
 
 

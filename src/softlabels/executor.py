@@ -15,6 +15,10 @@ completes, so the caller stores it at once and an interrupted sweep loses at mos
 The workers are started once (spawned, with the evaluation sets) and reused by later calls; each worker
 compiles its own graphs (the on-disk compile cache is shared). The same job gives the same result in a
 worker as in this process up to the floating-point order of a different thread count (tested in fp32).
+
+Beyond one machine, ``workers="ray"`` (:class:`RayExecutor`) makes each student a Ray task on an existing
+cluster (``RAY_ADDRESS``, or a local one Ray starts): the scheduling is Ray's, the results flow back to the
+caller, which stores them in the same SQLite store as they complete.
 """
 
 from __future__ import annotations
@@ -68,6 +72,18 @@ def cpu_cores() -> int:
         return os.cpu_count() or 1
 
 
+WORKER_SETTINGS = "'auto', 'ray' or a positive int"
+
+
+def check_workers(setting: int | str) -> int | str:
+    """A valid ``workers`` setting: ``"auto"``, ``"ray"`` or a positive int (returned as given)."""
+    if isinstance(setting, str):
+        if setting not in ("auto", "ray"):
+            raise ValueError(f"workers must be {WORKER_SETTINGS}, got {setting!r}")
+        return setting
+    return check_positive_int("workers", setting)
+
+
 def resolve_workers(setting: int | str, device: torch.device | str, *, n_jobs: int, batch: int, steps: int,
                     cores: int | None = None) -> int:
     """How many worker processes run ``n_jobs`` students (``steps`` optimizer steps in all, at most ``batch``
@@ -80,7 +96,7 @@ def resolve_workers(setting: int | str, device: torch.device | str, *, n_jobs: i
     """
     if isinstance(setting, str):
         if setting != "auto":
-            raise ValueError(f"workers must be 'auto' or a positive int, got {setting!r}")
+            raise ValueError(f"workers must be 'auto' or a positive int here, got {setting!r}")
         cores = cpu_cores() if cores is None else cores
         if (torch.device(device).type != "cpu" or n_jobs < 2 or batch > PARALLEL_MAX_BATCH or cores < 2
                 or steps < PARALLEL_MIN_STEPS):
@@ -216,15 +232,101 @@ def _cpu_job(job: StudentJob) -> StudentJob:
     return replace(job, images=job.images.cpu(), labels=job.labels.cpu(), tag=None)
 
 
-def make_executor(workers: int, evals: EvalSets | None, *, device: str | torch.device = "cpu"):
-    """A :class:`SerialExecutor` for one worker, else a :class:`ProcessExecutor` (CPU only)."""
+# ---- Ray ----------------------------------------------------------------------------------------------
+def _run_in_ray(job: StudentJob, evals: EvalSets | None, device: str, threads: int) -> StudentResult:
+    from .perf import tune_allocator
+
+    if torch.get_num_threads() != threads:  # a Ray worker process runs many tasks: set once, graphs are kept
+        torch.set_num_threads(threads)
+    tune_allocator()
+    return _train(job, evals, device, None)
+
+
+def _import_ray():
+    try:
+        import ray
+    except ImportError as e:  # pragma: no cover - ray is a dev dependency, so the tests always have it
+        raise ImportError("workers='ray' needs Ray: pip install 'softlabels[ray]'") from e
+    return ray
+
+
+class RayExecutor:
+    """Each student a Ray task: ``cpus_per_student`` CPUs (its torch threads) and, on a GPU device, one GPU.
+
+    Connects on the first ``run``: to the cluster at ``address`` or ``RAY_ADDRESS`` (Ray's own variable),
+    else to a local one Ray starts (``num_cpus`` caps it); a connection made here is shut down by
+    :meth:`close`. Every node needs softlabels and torch installed. The evaluation sets go to the object
+    store once; results come back in completion order, so the caller stores each at once. A failed task or
+    an interrupt cancels the tasks not finished (their students are trained again by a later run).
+    """
+
+    def __init__(self, evals: EvalSets | None, *, device: str | torch.device = "cpu", address: str | None = None,
+                 cpus_per_student: int = 1, num_cpus: int | None = None) -> None:
+        self.device = torch.device(device)
+        self.address = address
+        self.cpus_per_student = check_positive_int("cpus_per_student", cpus_per_student)
+        self.num_cpus = None if num_cpus is None else check_positive_int("num_cpus", num_cpus)
+        self.evals = _to_cpu(evals)
+        self._evals_ref = None
+        self._connected_here = False
+
+    def _connect(self):
+        ray = _import_ray()
+        if not ray.is_initialized():
+            ray.init(address=self.address, num_cpus=self.num_cpus, include_dashboard=False,
+                     log_to_driver=False, configure_logging=False)
+            self._connected_here = True
+        if self._evals_ref is None:
+            self._evals_ref = ray.put(self.evals)
+        return ray
+
+    def run(self, jobs: Sequence[StudentJob], on_result: OnResult, *,
+            on_epoch: Callable[[int], None] | None = None) -> None:
+        """Train ``jobs`` as Ray tasks; ``on_result(job, result)`` here as each finishes (completion order)."""
+        if not jobs:
+            return
+        ray = self._connect()
+        gpu = self.device.type == "cuda"
+        task = ray.remote(_run_in_ray).options(num_cpus=self.cpus_per_student, num_gpus=1 if gpu else 0,
+                                               max_retries=0)
+        device = "cuda" if gpu else self.device.type  # Ray shows a task only the GPU it was given
+        pending = {task.remote(_cpu_job(job), self._evals_ref, device, self.cpus_per_student): job for job in jobs}
+        try:
+            while pending:
+                done, _ = ray.wait(list(pending), num_returns=1)
+                for ref in done:
+                    job = pending.pop(ref)
+                    try:
+                        res = ray.get(ref)
+                    except ray.exceptions.RayTaskError as e:  # the student's own error, as it was raised
+                        raise e.as_instanceof_cause() from None
+                    if on_epoch is not None:
+                        on_epoch(job.recipe.epochs)
+                    on_result(job, res)
+        finally:
+            for ref in pending:  # a failed job or an interrupt: the unfinished students stop too
+                ray.cancel(ref, force=True)
+
+    def close(self) -> None:
+        """Disconnect from Ray if this executor connected (a cluster it joined keeps running)."""
+        if self._connected_here:
+            _import_ray().shutdown()
+        self._connected_here, self._evals_ref = False, None
+
+
+def make_executor(workers: int | str, evals: EvalSets | None, *, device: str | torch.device = "cpu"):
+    """A :class:`SerialExecutor` for one worker, a :class:`RayExecutor` for ``"ray"``, else a
+    :class:`ProcessExecutor` (CPU only)."""
+    if workers == "ray":
+        return RayExecutor(evals, device=device)
     if workers == 1:
         return SerialExecutor(evals, device=device)
     check_workers_device(workers, device)
     return ProcessExecutor(evals, workers=workers)
 
 
-def check_workers_device(workers: int, device: str | torch.device) -> None:
-    """Worker processes train on CPU only: more than one worker on another device is an error."""
-    if workers > 1 and torch.device(device).type != "cpu":
-        raise ValueError(f"parallel student workers run on CPU only; use workers=1 (or 'auto') on {device}")
+def check_workers_device(workers: int | str, device: str | torch.device) -> None:
+    """Worker processes train on CPU only: more than one local worker on another device is an error (Ray
+    tasks may take GPUs)."""
+    if isinstance(workers, int) and workers > 1 and torch.device(device).type != "cpu":
+        raise ValueError(f"parallel student workers run on CPU only; use workers=1, 'auto' or 'ray' on {device}")

@@ -19,7 +19,14 @@ from .compressed import CompressedSet
 from .config import DataSpec, ExpertRecipe, LabelSpec, StudentRecipe
 from .data.prepared import PreparedData, prepare_data
 from .distill import build_compressed_set
-from .executor import PARALLEL_MAX_BATCH, StudentJob, check_workers_device, make_executor, resolve_workers
+from .executor import (
+    PARALLEL_MAX_BATCH,
+    StudentJob,
+    check_workers,
+    check_workers_device,
+    make_executor,
+    resolve_workers,
+)
 from .experts import Trajectory, train_expert
 from .store import ResultsStore
 from .train import EvalSets, StudentResult, planned_steps, resolve_compile, resolve_device
@@ -64,7 +71,7 @@ class Lab:
     root: str | None = None
     dataset: object | None = None
     progress: bool = True
-    workers: int | str = "auto"  # student worker processes (softlabels.executor): "auto" or N
+    workers: int | str = "auto"  # where students train (softlabels.executor): "auto", N processes or "ray"
     _prepared: PreparedData | None = field(default=None, repr=False)
     _store: ResultsStore | None = field(default=None, repr=False)
     _evals: EvalSets | None = field(default=None, repr=False)
@@ -73,7 +80,7 @@ class Lab:
     def __post_init__(self) -> None:
         self.out_dir = Path(self.out_dir)
         self.device = str(resolve_device(self.device))
-        check_workers_device(resolve_workers(self.workers, self.device, n_jobs=1, batch=1, steps=0), self.device)
+        check_workers_device(check_workers(self.workers), self.device)
 
     # ---- lazily built parts -------------------------------------------------------------------------
     @property
@@ -180,9 +187,25 @@ class Lab:
             outs[job.tag["cell"]][job.tag["pos"]] = {"config": cfg, "metrics": metrics, "nbytes": nb["total"],
                                                      "wall_s": res.wall_s, "cached": False}
 
-        # students with small batches may train in parallel (where that pays, see softlabels.executor); like
-        # the compile choice, the decision weighs every seed of the cells (ipc x classes images each), not
-        # what is left, so a resumed sweep trains on the same thread counts as an uninterrupted one
+        first = cells[jobs[0].tag["cell"]]
+        what = f"{first.study} ipc={first.ipc} {first.label.kind} e={first.label.expert_epoch}" if len(cells) == 1 \
+            else f"{first.study}: {len(jobs)} students"
+        if self.workers == "ray":  # every student a Ray task
+            groups, what = [(self._executor("ray"), jobs)], f"{what} on Ray"
+        else:
+            groups, workers = self._local_groups(cells, jobs)
+            what += f" on {workers} workers" if workers > 1 and len(cells) > 1 else ""
+        with self._bar(what, sum(j.recipe.epochs for j in jobs)) as tick:
+            for executor, group in groups:
+                executor.run(group, store, on_epoch=tick)
+        return outs
+
+    def _local_groups(self, cells: Sequence[CellSpec], jobs: list[StudentJob]) -> tuple[list, int]:
+        """(executor, jobs) pairs on this machine, and the number of worker processes used.
+
+        Students with small batches may train in parallel (where that pays, see softlabels.executor); like
+        the compile choice, the decision weighs every seed of the cells (ipc x classes images each), not
+        what is left, so a resumed sweep trains on the same thread counts as an uninterrupted one."""
         n_cls = self.prepared.num_classes
         batch = [min(c.student.batch_size, c.ipc * n_cls) for c in cells]
         small_cells = {i for i, c in enumerate(cells) if batch[i] <= PARALLEL_MAX_BATCH and c.student.loop != "reference"}
@@ -190,18 +213,10 @@ class Lab:
             self.workers, self.device, n_jobs=sum(len(cells[i].seeds) for i in small_cells),
             batch=max((batch[i] for i in small_cells), default=0),
             steps=sum(planned_steps(cells[i].student, cells[i].ipc * n_cls, len(cells[i].seeds)) for i in small_cells))
-        if workers > 1:
-            groups = [(self._executor(workers), [j for j in jobs if j.tag["cell"] in small_cells]),
-                      (self._executor(1), [j for j in jobs if j.tag["cell"] not in small_cells])]
-        else:
-            groups = [(self._executor(1), jobs)]
-        first = cells[jobs[0].tag["cell"]]
-        what = f"{first.study} ipc={first.ipc} {first.label.kind} e={first.label.expert_epoch}" if len(cells) == 1 \
-            else f"{first.study}: {len(jobs)} students" + (f" on {workers} workers" if workers > 1 else "")
-        with self._bar(what, sum(j.recipe.epochs for j in jobs)) as tick:
-            for executor, group in groups:
-                executor.run(group, store, on_epoch=tick)
-        return outs
+        if workers == 1:
+            return [(self._executor(1), jobs)], 1
+        return [(self._executor(workers), [j for j in jobs if j.tag["cell"] in small_cells]),
+                (self._executor(1), [j for j in jobs if j.tag["cell"] not in small_cells])], workers
 
     def _lookup(self, cell: CellSpec) -> tuple[list[dict], list[tuple[int, int, dict]]]:
         """Stored results of ``cell`` (one dict per seed, ``{}`` where missing) and its missing seeds."""
@@ -223,13 +238,13 @@ class Lab:
                 out.append({})
         return out, todo
 
-    def _executor(self, workers: int):
+    def _executor(self, workers: int | str):
         if workers not in self._executors:
             self._executors[workers] = make_executor(workers, self.evals, device=self.device)
         return self._executors[workers]
 
     def close(self) -> None:
-        """Stop the student worker processes (started by parallel ``evaluate`` calls), if any."""
+        """Stop the student worker processes (started by parallel ``evaluate`` calls) or leave Ray, if any."""
         for ex in self._executors.values():
             ex.close()
         self._executors.clear()

@@ -1,0 +1,97 @@
+"""Students as Ray tasks (``workers="ray"``) on a local Ray instance: same student as in this process,
+errors and interrupts, the Lab storing and resuming, and who shuts Ray down."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import ray
+import torch
+import torch.nn.functional as F
+
+from softlabels.config import LabelSpec
+from softlabels.executor import RayExecutor, SerialExecutor, StudentJob, make_executor
+from softlabels.train import EvalSets
+
+RAY_INIT = {"num_cpus": 2, "include_dashboard": False, "log_to_driver": False, "configure_logging": False}
+
+
+def _jobs(tiny_ds, tiny_student, n):
+    x = tiny_ds.normalize(tiny_ds.train_images[:24])
+    y = F.softmax(torch.randn(24, 4, generator=torch.Generator().manual_seed(0)), 1)
+    ev = EvalSets(tiny_ds.normalize(tiny_ds.test_images), tiny_ds.test_targets)
+    return ev, [StudentJob(x, y, tiny_student, seed=s, return_state=True, tag=s) for s in range(n)]
+
+
+def test_an_executor_that_starts_ray_trains_the_same_students_and_shuts_it_down(tiny_ds, tiny_student):
+    assert not ray.is_initialized()
+    ev, jobs = _jobs(tiny_ds, tiny_student, 3)
+    serial, remote, epochs = {}, {}, []
+    SerialExecutor(ev).run(jobs, lambda job, res: serial.__setitem__(job.tag, res))
+    ex = make_executor("ray", ev)
+    assert isinstance(ex, RayExecutor)
+    ex.num_cpus = 2
+    try:
+        ex.run(jobs, lambda job, res: remote.__setitem__(job.tag, res), on_epoch=epochs.append)
+        assert ray.is_initialized()
+    finally:
+        ex.close()
+    assert not ray.is_initialized()
+    assert sorted(remote) == [0, 1, 2] and epochs == [tiny_student.epochs] * 3
+    for s in range(3):  # one thread here (conftest) and in each task: the same arithmetic
+        a, b = serial[s], remote[s]
+        assert b.threads == 1 and a.test_acc == b.test_acc and a.train_acc == b.train_acc
+        for k in a.state:
+            torch.testing.assert_close(a.state[k], b.state[k], rtol=0, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(**RAY_INIT)
+    yield
+    ray.shutdown()
+
+
+def test_a_failing_task_raises_its_own_error_here_and_cancels_the_rest(local_ray, tiny_ds, tiny_student):
+    ev, jobs = _jobs(tiny_ds, tiny_student, 3)
+    bad = StudentJob(jobs[0].images, jobs[0].labels[:, :2] * 5, tiny_student, seed=0)  # rows sum to 5
+    ex = RayExecutor(ev)
+    got = []
+    with pytest.raises(ValueError, match="labels"):
+        ex.run([bad, *jobs[1:]], lambda job, res: got.append(job.tag))
+    ex.close()
+    assert ray.is_initialized()  # joined, not started, here: left running
+
+
+def test_an_interrupt_in_the_caller_cancels_the_unfinished_tasks(local_ray, tiny_ds, tiny_student):
+    ev, jobs = _jobs(tiny_ds, tiny_student, 4)
+    ex = RayExecutor(ev)
+    got = []
+
+    def interrupt(job, res):
+        got.append(job.tag)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        ex.run(jobs, interrupt)
+    assert len(got) == 1
+    done = []
+    ex.run(jobs[:2], lambda job, res: done.append(job.tag))  # the executor still works
+    assert sorted(done) == [0, 1]
+    ex.close()
+
+
+def test_lab_on_ray_stores_each_student_and_resumes(local_ray, tiny_lab, tiny_expert, tiny_student):
+    lab = dataclasses.replace(tiny_lab, workers="ray")
+    traj = lab.expert(tiny_expert)
+    cell = {"ipc": 2, "label": LabelSpec(expert_epoch=2), "student": tiny_student, "experts": [traj]}
+    with lab:
+        res = lab.evaluate(seeds=[0, 1], **cell)
+        assert [r["cached"] for r in res] == [False, False] and len(lab.store) == 2
+        again = lab.evaluate(seeds=[0, 1, 2], **cell)  # only seed 2 trains
+        assert [r["cached"] for r in again] == [True, True, False] and len(lab.store) == 3
+    serial = dataclasses.replace(tiny_lab, out_dir=tiny_lab.out_dir.parent / "serial", workers=1)
+    here = serial.evaluate(seeds=[0, 1, 2], **{**cell, "experts": [serial.expert(tiny_expert)]})
+    assert [r["metrics"]["test_acc"] for r in here] == [r["metrics"]["test_acc"] for r in again]
+    assert ray.is_initialized()
