@@ -268,6 +268,7 @@ class RayExecutor:
         self.num_cpus = None if num_cpus is None else check_positive_int("num_cpus", num_cpus)
         self.evals = _to_cpu(evals)
         self._evals_ref = None
+        self._task = None
         self._connected_here = False
 
     def _connect(self):
@@ -278,6 +279,8 @@ class RayExecutor:
             self._connected_here = True
         if self._evals_ref is None:
             self._evals_ref = ray.put(self.evals)
+            self._task = ray.remote(_run_in_ray).options(
+                num_cpus=self.cpus_per_student, num_gpus=1 if self.device.type == "cuda" else 0, max_retries=0)
         return ray
 
     def run(self, jobs: Sequence[StudentJob], on_result: OnResult, *,
@@ -286,11 +289,9 @@ class RayExecutor:
         if not jobs:
             return
         ray = self._connect()
-        gpu = self.device.type == "cuda"
-        task = ray.remote(_run_in_ray).options(num_cpus=self.cpus_per_student, num_gpus=1 if gpu else 0,
-                                               max_retries=0)
-        device = "cuda" if gpu else self.device.type  # Ray shows a task only the GPU it was given
-        pending = {task.remote(_cpu_job(job), self._evals_ref, device, self.cpus_per_student): job for job in jobs}
+        device = self.device.type  # "cuda", not "cuda:1": a task sees only the GPU Ray gave it
+        pending = {self._task.remote(_cpu_job(job), self._evals_ref, device, self.cpus_per_student): job
+                   for job in jobs}
         try:
             while pending:
                 done, _ = ray.wait(list(pending), num_returns=1)
@@ -311,7 +312,7 @@ class RayExecutor:
         """Disconnect from Ray if this executor connected (a cluster it joined keeps running)."""
         if self._connected_here:
             _import_ray().shutdown()
-        self._connected_here, self._evals_ref = False, None
+        self._connected_here, self._evals_ref, self._task = False, None, None
 
 
 def make_executor(workers: int | str, evals: EvalSets | None, *, device: str | torch.device = "cpu"):
