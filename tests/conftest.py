@@ -36,3 +36,21 @@ def tiny_lab(tmp_path, tiny_ds, tiny_data_spec):
     from softlabels.lab import Lab
 
     return Lab(tmp_path / "out", data=tiny_data_spec, dataset=tiny_ds, progress=False)
+
+
+@pytest.fixture
+def student_jobs(tiny_ds, tiny_student):
+    """``student_jobs(n)``: evaluation sets and ``n`` StudentJobs (seeds 0..n-1, tagged by seed) on 24 images
+    with fixed soft labels, for the executor tests."""
+    import torch.nn.functional as F
+
+    from softlabels.executor import StudentJob
+    from softlabels.train import EvalSets
+
+    def make(n):
+        x = tiny_ds.normalize(tiny_ds.train_images[:24])
+        y = F.softmax(torch.randn(24, 4, generator=torch.Generator().manual_seed(0)), 1)
+        ev = EvalSets(tiny_ds.normalize(tiny_ds.test_images), tiny_ds.test_targets)
+        return ev, [StudentJob(x, y, tiny_student, seed=s, return_state=True, tag=s) for s in range(n)]
+
+    return make

@@ -8,7 +8,6 @@ import textwrap
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from softlabels.config import LabelSpec
 from softlabels.executor import (
@@ -20,7 +19,6 @@ from softlabels.executor import (
     make_executor,
     resolve_workers,
 )
-from softlabels.train import EvalSets
 
 
 def test_auto_workers_only_for_enough_small_batch_work_on_cpu():
@@ -41,15 +39,8 @@ def test_auto_workers_only_for_enough_small_batch_work_on_cpu():
         make_executor(2, None, device="meta")
 
 
-def _jobs(tiny_ds, tiny_student, n):
-    x = tiny_ds.normalize(tiny_ds.train_images[:24])
-    y = F.softmax(torch.randn(24, 4, generator=torch.Generator().manual_seed(0)), 1)
-    ev = EvalSets(tiny_ds.normalize(tiny_ds.test_images), tiny_ds.test_targets)
-    return ev, [StudentJob(x, y, tiny_student, seed=s, return_state=True, tag=s) for s in range(n)]
-
-
-def test_a_worker_trains_the_same_student_as_this_process(tiny_ds, tiny_student):
-    ev, jobs = _jobs(tiny_ds, tiny_student, 2)
+def test_a_worker_trains_the_same_student_as_this_process(student_jobs):
+    ev, jobs = student_jobs(2)
     serial, parallel = {}, {}
     SerialExecutor(ev).run(jobs, lambda job, res: serial.__setitem__(job.tag, res))
     ex = ProcessExecutor(ev, workers=2, cores=2)  # one thread per worker, as this process (conftest)
@@ -66,8 +57,8 @@ def test_a_worker_trains_the_same_student_as_this_process(tiny_ds, tiny_student)
     assert serial[0].state["classifier.weight"].ne(serial[1].state["classifier.weight"]).any()
 
 
-def test_a_failing_job_raises_in_the_caller(tiny_ds, tiny_student):
-    ev, jobs = _jobs(tiny_ds, tiny_student, 2)
+def test_a_failing_job_raises_in_the_caller(student_jobs, tiny_student):
+    ev, jobs = student_jobs(2)
     bad = StudentJob(jobs[0].images, jobs[0].labels[:, :2] * 5, tiny_student, seed=0)  # rows sum to 5
     ex = ProcessExecutor(ev, workers=2, cores=2)
     try:
@@ -118,8 +109,8 @@ def test_workers_do_not_rerun_a_script_without_a_main_guard(tmp_path):
     assert marker.read_text().count("run") == 1
 
 
-def test_an_interrupt_stops_the_workers_and_a_later_run_starts_fresh_ones(tiny_ds, tiny_student):
-    ev, jobs = _jobs(tiny_ds, tiny_student, 4)
+def test_an_interrupt_stops_the_workers_and_a_later_run_starts_fresh_ones(student_jobs):
+    ev, jobs = student_jobs(4)
     ex = ProcessExecutor(ev, workers=2, cores=2)
     got = []
 

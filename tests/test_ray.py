@@ -4,29 +4,21 @@ errors and interrupts, the Lab storing and resuming, and who shuts Ray down."""
 from __future__ import annotations
 
 import dataclasses
+import time
 
 import pytest
 import ray
 import torch
-import torch.nn.functional as F
 
 from softlabels.config import LabelSpec
 from softlabels.executor import RayExecutor, SerialExecutor, StudentJob, make_executor
-from softlabels.train import EvalSets
 
 RAY_INIT = {"num_cpus": 2, "include_dashboard": False, "log_to_driver": False, "configure_logging": False}
 
 
-def _jobs(tiny_ds, tiny_student, n):
-    x = tiny_ds.normalize(tiny_ds.train_images[:24])
-    y = F.softmax(torch.randn(24, 4, generator=torch.Generator().manual_seed(0)), 1)
-    ev = EvalSets(tiny_ds.normalize(tiny_ds.test_images), tiny_ds.test_targets)
-    return ev, [StudentJob(x, y, tiny_student, seed=s, return_state=True, tag=s) for s in range(n)]
-
-
-def test_an_executor_that_starts_ray_trains_the_same_students_and_shuts_it_down(tiny_ds, tiny_student):
+def test_an_executor_that_starts_ray_trains_the_same_students_and_shuts_it_down(student_jobs, tiny_student):
     assert not ray.is_initialized()
-    ev, jobs = _jobs(tiny_ds, tiny_student, 3)
+    ev, jobs = student_jobs(3)
     serial, remote, epochs = {}, {}, []
     SerialExecutor(ev).run(jobs, lambda job, res: serial.__setitem__(job.tag, res))
     ex = make_executor("ray", ev)
@@ -53,19 +45,21 @@ def local_ray():
     ray.shutdown()
 
 
-def test_a_failing_task_raises_its_own_error_here_and_cancels_the_rest(local_ray, tiny_ds, tiny_student):
-    ev, jobs = _jobs(tiny_ds, tiny_student, 3)
+def test_a_failing_task_raises_its_own_error_here(local_ray, student_jobs, tiny_student):
+    ev, jobs = student_jobs(3)
     bad = StudentJob(jobs[0].images, jobs[0].labels[:, :2] * 5, tiny_student, seed=0)  # rows sum to 5
     ex = RayExecutor(ev)
-    got = []
     with pytest.raises(ValueError, match="labels"):
-        ex.run([bad, *jobs[1:]], lambda job, res: got.append(job.tag))
+        ex.run([bad, *jobs[1:]], lambda job, res: None)
     ex.close()
     assert ray.is_initialized()  # joined, not started, here: left running
 
 
-def test_an_interrupt_in_the_caller_cancels_the_unfinished_tasks(local_ray, tiny_ds, tiny_student):
-    ev, jobs = _jobs(tiny_ds, tiny_student, 4)
+@pytest.mark.timeout(300)  # without the cancel it would wait hours, not fail
+def test_an_interrupt_in_the_caller_cancels_the_unfinished_tasks(local_ray, student_jobs, tiny_student):
+    ev, jobs = student_jobs(3)
+    endless = dataclasses.replace(tiny_student, epochs=1_000_000)  # hours: only a cancel frees its CPU
+    long_jobs = [dataclasses.replace(j, recipe=endless, tag=f"long{j.seed}") for j in jobs[:2]]
     ex = RayExecutor(ev)
     got = []
 
@@ -74,11 +68,12 @@ def test_an_interrupt_in_the_caller_cancels_the_unfinished_tasks(local_ray, tiny
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        ex.run(jobs, interrupt)
-    assert len(got) == 1
+        ex.run([jobs[2], *long_jobs], interrupt)
+    assert got == [2]
     done = []
-    ex.run(jobs[:2], lambda job, res: done.append(job.tag))  # the executor still works
-    assert sorted(done) == [0, 1]
+    t0 = time.perf_counter()  # on 2 CPUs, the next students run only if the long ones were cancelled
+    ex.run(jobs[:2], lambda job, res: done.append(job.tag))
+    assert sorted(done) == [0, 1] and time.perf_counter() - t0 < 120
     ex.close()
 
 
