@@ -68,6 +68,20 @@ def test_baseline_job_end_to_end_and_report(tiny_lab, tiny_data_spec, tiny_exper
     assert len(tiny_lab.store) == n and [r.mean for r in res2.rows] == [r.mean for r in res.rows]
 
 
+def test_baseline_decides_workers_over_its_whole_sweep_and_grid(tiny_lab, tiny_data_spec, tiny_expert, tiny_student,
+                                                                 monkeypatch):
+    import softlabels.lab as lab_mod
+
+    seen = []
+    real = lab_mod.resolve_workers
+    monkeypatch.setattr(lab_mod, "resolve_workers", lambda *a, **k: (seen.append(k["n_jobs"]), real(*a, **k))[1])
+    preset = _preset(tiny_data_spec, tiny_expert, tiny_student)
+    res = run_baseline(tiny_lab, preset)
+    n_candidates = len(next(iter(res.sweep.values())))
+    # one decision for the sweep (IPCs x candidate epochs, one seed each), one for the 2 IPCs x 2 labels x 2 seeds
+    assert seen == [len(preset.ipcs) * n_candidates, len(preset.ipcs) * 2 * 2]
+
+
 def test_preset_student_epochs_by_ipc(tiny_data_spec, tiny_expert, tiny_student):
     p = dataclasses.replace(_preset(tiny_data_spec, tiny_expert, tiny_student), student_epochs_by_ipc={1: 9})
     assert p.student_for(1).epochs == 9 and p.student_for(3).epochs == tiny_student.epochs

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import LabelSpec, Preset
-from .lab import Lab
+from .lab import CellSpec, Lab
 
 
 @dataclass
@@ -49,17 +49,15 @@ def choose_epochs(lab: Lab, preset: Preset, expert, *, protocol: str) -> tuple[d
     """Per IPC: validation accuracy of one short student per candidate expert epoch; argmax wins."""
     avail = expert.epochs_done
     candidates = sorted({e for e in preset.sweep_epochs if 0 < e <= avail} or {avail})
-    sweep: dict[int, dict[int, float]] = {}
-    chosen: dict[int, int] = {}
-    for ipc in preset.ipcs:
-        recipe = preset.sweep_student_for(ipc)
-        sweep[ipc] = {}
-        for e in candidates:
-            res = lab.evaluate(ipc=ipc, label=LabelSpec(kind="soft", expert_epoch=e), student=recipe,
-                               seeds=[0], experts=[expert], image_seed=1000 + ipc, protocol="clean",
-                               study="baseline-sweep")
-            sweep[ipc][e] = res[0]["metrics"]["val_acc"]
-        chosen[ipc] = max(sweep[ipc], key=lambda e: (sweep[ipc][e], -e))
+    grid = [(ipc, e) for ipc in preset.ipcs for e in candidates]
+    results = lab.evaluate_many([  # one call: the students may train in parallel (see Lab.workers)
+        CellSpec(ipc=ipc, label=LabelSpec(kind="soft", expert_epoch=e), student=preset.sweep_student_for(ipc),
+                 seeds=(0,), experts=(expert,), image_seed=1000 + ipc, protocol="clean", study="baseline-sweep")
+        for ipc, e in grid])
+    sweep: dict[int, dict[int, float]] = {ipc: {} for ipc in preset.ipcs}
+    for (ipc, e), res in zip(grid, results, strict=True):
+        sweep[ipc][e] = res[0]["metrics"]["val_acc"]
+    chosen = {ipc: max(sweep[ipc], key=lambda e, ipc=ipc: (sweep[ipc][e], -e)) for ipc in preset.ipcs}
     return sweep, chosen
 
 
@@ -77,19 +75,19 @@ def run_baseline(lab: Lab, preset: Preset, *, protocol: str = "clean", seeds: in
     else:
         sweep, chosen = choose_epochs(lab, preset, expert, protocol=protocol)
     n_seeds = seeds or preset.seeds
+    grid = [(ipc, label) for ipc in preset.ipcs
+            for label in (LabelSpec(kind="hard", codec="hard"), LabelSpec(kind="soft", expert_epoch=chosen[ipc]))]
+    results = lab.evaluate_many([
+        CellSpec(ipc=ipc, label=label, student=preset.student_for(ipc), seeds=tuple(range(n_seeds)),
+                 experts=(expert,), image_seed=0, protocol=protocol, study="baseline") for ipc, label in grid])
     rows: list[BaselineRow] = []
-    for ipc in preset.ipcs:
-        recipe = preset.student_for(ipc)
-        for label in (LabelSpec(kind="hard", codec="hard"), LabelSpec(kind="soft", expert_epoch=chosen[ipc])):
-            t1 = time.perf_counter()
-            res = lab.evaluate(ipc=ipc, label=label, student=recipe, seeds=list(range(n_seeds)),
-                               experts=[expert], image_seed=0, protocol=protocol, study="baseline")
-            accs = [r["metrics"]["paper_acc"] if protocol == "paper" else r["metrics"]["test_acc"] for r in res]
-            mean = sum(accs) / len(accs)
-            std = (sum((a - mean) ** 2 for a in accs) / len(accs)) ** 0.5
-            wall = sum(r["wall_s"] for r in res) if any(r["cached"] for r in res) else time.perf_counter() - t1
-            rows.append(BaselineRow(ipc, label.kind, label.expert_epoch, mean, std, len(accs), protocol, wall,
-                                    res[0]["nbytes"], accs, recipe.epochs))
+    for (ipc, label), res in zip(grid, results, strict=True):
+        accs = [r["metrics"]["paper_acc"] if protocol == "paper" else r["metrics"]["test_acc"] for r in res]
+        mean = sum(accs) / len(accs)
+        std = (sum((a - mean) ** 2 for a in accs) / len(accs)) ** 0.5
+        wall = sum(r["wall_s"] for r in res)  # the students' own times (several may have run at once)
+        rows.append(BaselineRow(ipc, label.kind, label.expert_epoch, mean, std, len(accs), protocol, wall,
+                                res[0]["nbytes"], accs, preset.student_for(ipc).epochs))
     return BaselineResult(rows, sweep, chosen, expert.history(), expert.key, preset.name, protocol,
                           time.perf_counter() - t0, preset.student.to_dict(), preset.expert.to_dict())
 
