@@ -23,7 +23,7 @@ from ..config import LabelSpec, Preset
 from ..distill import label_images
 from ..experts import Trajectory
 from ..io import atomic_write_text
-from ..lab import Lab
+from ..lab import CellSpec, Lab
 from ..labels.diagnostics import entropy, js_distance
 from ..labels.generate import expert_logits
 from ..selection import random_per_class
@@ -99,18 +99,19 @@ def study_ensemble(lab: Lab, *, scale: str = "quick", n: int | None = None, ipcs
     # ---- students: single vs ensemble labels on the same images --------------------------------------------
     rows: list[dict[str, Any]] = []
     recipes = {ipc: student_recipe(p, ipc, scale=scale, student_epochs=student_epochs) for ipc in ipc_list}
+    grid = [(ipc, source, label, experts) for ipc in ipc_list for source, label, experts in (
+        ("single", LabelSpec(kind="soft", expert_epoch=epochs[ipc]), members[:1]),
+        ("ensemble", LabelSpec(kind="soft", expert_epoch=epochs[ipc], ensemble=n), members))]
+    results = lab.evaluate_many([  # one call: the students may train in parallel (see Lab.workers)
+        CellSpec(ipc=ipc, label=label, student=recipes[ipc], seeds=tuple(seed_ids), experts=tuple(experts),
+                 image_seed=IMAGE_SEED, protocol="clean", study=NAME) for ipc, _, label, experts in grid])
+    by_cell = {(ipc, source): {"ipc": ipc, "expert_epoch": epochs[ipc], "labels": source, "n_experts": label.ensemble,
+                               "student_epochs": recipes[ipc].epochs, **cell_stats(res)}
+               for (ipc, source, label, _), res in zip(grid, results, strict=True)}
     for ipc in ipc_list:
-        e = epochs[ipc]
-        out = {}
-        for source, label, experts in (("single", LabelSpec(kind="soft", expert_epoch=e), members[:1]),
-                                       ("ensemble", LabelSpec(kind="soft", expert_epoch=e, ensemble=n), members)):
-            res = lab.evaluate(ipc=ipc, label=label, student=recipes[ipc], seeds=seed_ids, experts=experts,
-                               image_seed=IMAGE_SEED, protocol="clean", study=NAME)
-            out[source] = {"ipc": ipc, "expert_epoch": e, "labels": source,
-                           "n_experts": label.ensemble, "student_epochs": recipes[ipc].epochs, **cell_stats(res)}
-        out["ensemble"]["delta"] = out["ensemble"]["mean"] - out["single"]["mean"]
-        out["single"]["delta"] = 0.0
-        rows += [out["single"], out["ensemble"]]
+        single, ens = by_cell[(ipc, "single")], by_cell[(ipc, "ensemble")]
+        ens["delta"], single["delta"] = ens["mean"] - single["mean"], 0.0
+        rows += [single, ens]
 
     # ---- labels: JSD and argmax agreement per expert epoch ---------------------------------------------------
     counts = torch.bincount(prep.train_targets.long(), minlength=num_classes)
