@@ -26,7 +26,7 @@ from ..config import LabelSpec, Preset
 from ..data.prepared import PreparedData
 from ..distill import build_compressed_set
 from ..experts import Trajectory
-from ..lab import Lab
+from ..lab import CellSpec, Lab
 from ..train import per_class_accuracy, predict
 from ..validation import check_choice, check_positive_int
 from .base import StudyResult, int_list, mean_std, metric_of, pct, register_study, study_dir
@@ -111,25 +111,36 @@ def study_knowledge(lab: Lab, *, scale: str = "quick", ipcs: Sequence[int] | Non
     names = list(prep.dataset.classes)
 
     rows: list[dict[str, Any]] = []
-    recipes = {}
+    recipes = {ipc: student_recipe(p, ipc, scale=scale, student_epochs=student_epochs) for ipc in ipc_list}
+    labels = {ipc: LabelSpec(kind="soft", expert_epoch=epochs[ipc]) for ipc in ipc_list}
+    # every cell in one call (the students may train in parallel, see Lab.workers): per IPC a control, then
+    # per subject each treatment
+    keys: list[tuple[int, int | None, str]] = []
+    specs: list[CellSpec] = []
     for ipc in ipc_list:
-        recipe = recipes[ipc] = student_recipe(p, ipc, scale=scale, student_epochs=student_epochs)
-        label = LabelSpec(kind="soft", expert_epoch=epochs[ipc])
-        common = dict(ipc=ipc, student=recipe, seeds=seed_ids, experts=[expert], image_seed=image_seed,
-                      protocol="clean", study=NAME)
-        control = lab.evaluate(label=label, extra={"treatment": "control"}, **common)
+        common = dict(ipc=ipc, student=recipes[ipc], seeds=tuple(seed_ids), experts=(expert,),
+                      image_seed=image_seed, protocol="clean", study=NAME)
+        keys.append((ipc, None, "control"))
+        specs.append(CellSpec(label=labels[ipc], extra={"treatment": "control"}, **common))
+        for subject in subject_list:
+            for t in TREATMENTS[1:]:
+                extra: dict[str, Any] = {"treatment": t, "subject": subject}
+                if t == "remove-knowledge":
+                    extra["renorm"] = renorm
+                make = partial(knowledge_set, prep, ipc=ipc, label=labels[ipc], experts=[expert], seed=image_seed,
+                               subject=subject, treatment=t, renorm=renorm, device=lab.device)
+                keys.append((ipc, subject, t))
+                specs.append(CellSpec(label=treatment_label(labels[ipc], subject=subject, treatment=t, renorm=renorm),
+                                      extra=extra, make_set=make, eval_classes=(subject,), **common))
+    results = dict(zip(keys, lab.evaluate_many(specs), strict=True))
+    for ipc in ipc_list:
+        control = results[(ipc, None, "control")]
         ctrl_t_mean, ctrl_t_std = mean_std(metric_of(control, "test_acc"))
         for subject in subject_list:
             ctrl_acc = [float(r["metrics"]["per_class"][subject]) for r in control]
             cells = {"control": (ctrl_acc, ctrl_t_mean, ctrl_t_std)}
             for t in TREATMENTS[1:]:
-                extra: dict[str, Any] = {"treatment": t, "subject": subject}
-                if t == "remove-knowledge":
-                    extra["renorm"] = renorm
-                make = partial(knowledge_set, prep, ipc=ipc, label=label, experts=[expert], seed=image_seed,
-                               subject=subject, treatment=t, renorm=renorm, device=lab.device)
-                res = lab.evaluate(label=treatment_label(label, subject=subject, treatment=t, renorm=renorm),
-                                   extra=extra, make_set=make, eval_classes=[subject], **common)
+                res = results[(ipc, subject, t)]
                 cells[t] = (metric_of(res, "class_acc"), *mean_std(metric_of(res, "test_acc")))
             ref = mean_std(ctrl_acc)[0]
             for t, (accs, t_mean, t_std) in cells.items():

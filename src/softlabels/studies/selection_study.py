@@ -19,7 +19,7 @@ import torch
 from ..config import LabelSpec, Preset
 from ..distill import build_compressed_set, label_images
 from ..experts import Trajectory
-from ..lab import Lab
+from ..lab import CellSpec, Lab
 from ..labels.diagnostics import cross_entropy_to_true
 from ..selection import by_score_bin
 from ..validation import check_positive_int
@@ -80,28 +80,27 @@ def study_selection(lab: Lab, *, scale: str = "quick", ipcs: Sequence[int] | Non
 
     rows: list[dict[str, Any]] = []
     recipes = {ipc: student_recipe(p, ipc, scale=scale, student_epochs=student_epochs) for ipc in ipc_list}
+    # every student in one call (they may train in parallel, see Lab.workers): per IPC and repeat, the random
+    # draw and each score bin
+    keys: list[tuple[int, int | None, int]] = []
+    specs: list[CellSpec] = []
+    sel_scores: dict[tuple[int, int], list[float]] = {}
     for ipc in ipc_list:
         e = epochs[ipc]
         se = score_epoch or e
         if se not in scores:
             scores[se] = difficulty_scores(lab, expert, se)
         label = LabelSpec(kind="soft", expert_epoch=e)
-        common = {"ipc": ipc, "expert_epoch": e, "score_epoch": se, "student_epochs": recipes[ipc].epochs}
-        rand = [lab.evaluate(ipc=ipc, label=label, student=recipes[ipc], seeds=[r], experts=[expert],
-                             image_seed=IMAGE_SEED_BASE + r, protocol="clean", study=NAME)[0] for r in reps]
-        rand_acc = metric_of(rand, "test_acc")
-        m, s = mean_std(rand_acc)
-        rows.append({**common, "selection": "random", "bin": None, "mean": m, "std": s, "n": len(rand),
-                     "val_mean": mean_std(metric_of(rand, "val_acc"))[0], "rel_change": 0.0, "rel_change_std": 0.0,
-                     "score_mean": None, "topped_up": False})
-        smallest_bin = int(counts.min()) // num_bins
+        for r in reps:
+            keys.append((ipc, None, r))
+            specs.append(CellSpec(ipc=ipc, label=label, student=recipes[ipc], seeds=(r,), experts=(expert,),
+                                  image_seed=IMAGE_SEED_BASE + r, protocol="clean", study=NAME))
         for b in bin_list:
-            res, sel_scores = [], []
             for r in reps:
                 seed = IMAGE_SEED_BASE + r
                 pos = by_score_bin(targets, scores[se], ipc=ipc, num_classes=num_classes, bin=b, num_bins=num_bins,
                                    seed=seed)
-                sel_scores.append(float(scores[se][pos].mean()))
+                sel_scores.setdefault((ipc, b), []).append(float(scores[se][pos].mean()))
 
                 def make(pos: torch.Tensor = pos, seed: int = seed, label: LabelSpec = label, ipc: int = ipc):
                     return build_compressed_set(prep, ipc=ipc, label=label, experts=[expert], seed=seed,
@@ -109,15 +108,30 @@ def study_selection(lab: Lab, *, scale: str = "quick", ipcs: Sequence[int] | Non
 
                 extra = {"selection": f"ce-bin:{b}/{num_bins}", "bin": b, "num_bins": num_bins,
                          "score": SCORE, "score_epoch": se}
-                res.append(lab.evaluate(ipc=ipc, label=label, student=recipes[ipc], seeds=[r], experts=[expert],
-                                        image_seed=seed, protocol="clean", study=NAME, extra=extra, make_set=make)[0])
+                keys.append((ipc, b, r))
+                specs.append(CellSpec(ipc=ipc, label=label, student=recipes[ipc], seeds=(r,), experts=(expert,),
+                                      image_seed=seed, protocol="clean", study=NAME, extra=extra, make_set=make))
+    results = {k: res[0] for k, res in zip(keys, lab.evaluate_many(specs), strict=True)}
+    smallest_bin = int(counts.min()) // num_bins
+    for ipc in ipc_list:
+        e = epochs[ipc]
+        common = {"ipc": ipc, "expert_epoch": e, "score_epoch": score_epoch or e, "student_epochs": recipes[ipc].epochs}
+        rand = [results[(ipc, None, r)] for r in reps]
+        rand_acc = metric_of(rand, "test_acc")
+        m, s = mean_std(rand_acc)
+        rows.append({**common, "selection": "random", "bin": None, "mean": m, "std": s, "n": len(rand),
+                     "val_mean": mean_std(metric_of(rand, "val_acc"))[0], "rel_change": 0.0, "rel_change_std": 0.0,
+                     "score_mean": None, "topped_up": False})
+        for b in bin_list:
+            res = [results[(ipc, b, r)] for r in reps]
             acc = metric_of(res, "test_acc")
             rel = [a / ra - 1.0 if ra > 0 else float("nan") for a, ra in zip(acc, rand_acc, strict=True)]
             m, s = mean_std(acc)
             rm, rs = mean_std(rel)
             rows.append({**common, "selection": f"bin {b}/{num_bins}", "bin": b, "mean": m, "std": s, "n": len(res),
                          "val_mean": mean_std(metric_of(res, "val_acc"))[0], "rel_change": rm, "rel_change_std": rs,
-                         "score_mean": sum(sel_scores) / len(sel_scores), "topped_up": smallest_bin < ipc})
+                         "score_mean": sum(sel_scores[(ipc, b)]) / len(sel_scores[(ipc, b)]),
+                         "topped_up": smallest_bin < ipc})
 
     folder = study_dir(lab, NAME)
     figures = [_plot(rows, num_bins, folder / "selection.png", dataset=prep.dataset.name)]
