@@ -21,7 +21,7 @@ from ..codecs import image_codec as _image_codec
 from ..codecs import label_codec as _label_codec
 from ..config import LabelSpec, Preset, StudentRecipe
 from ..frontier import pareto_front
-from ..lab import Lab
+from ..lab import CellSpec, Lab
 from ..selection import random_per_class
 from ..validation import check_choice, check_positive_int, parse_size
 from .base import StudyResult, mean_std, metric_of, register_study, resolve_preset, study_dir
@@ -36,6 +36,8 @@ __all__ = [
     "BytesPlan",
     "bytes_study",
     "choose_expert_epoch",
+    "cell_records",
+    "cell_spec",
     "evaluate_cell",
     "image_codec_bytes",
     "quick_student_epochs",
@@ -356,7 +358,7 @@ def build_cell_set(lab: Lab, *, ipc: int, label: LabelSpec, experts: Sequence, i
     )
 
 
-def evaluate_cell(
+def cell_spec(
     lab: Lab,
     plan: BytesPlan,
     expert,
@@ -367,27 +369,28 @@ def evaluate_cell(
     image_codec: str,
     make_set: Callable | None = None,
     study: str = STUDY,
-) -> list[dict]:
-    """Run (or read back) one cell through :meth:`Lab.evaluate`; the image codec is part of its config."""
+) -> CellSpec:
+    """One cell's students for :meth:`Lab.evaluate_many`; the image codec is part of its config."""
     label = cell_label(codec, expert_epoch)
     experts = cell_experts(label, expert)
 
     def build():
         return build_cell_set(lab, ipc=ipc, label=label, experts=experts, image_codec=image_codec)
 
-    res = lab.evaluate(
-        ipc=ipc,
-        label=label,
-        student=plan.student(ipc),
-        seeds=list(plan.seeds),
-        experts=experts,
-        image_seed=IMAGE_SEED,
-        protocol="clean",
-        study=study,
-        extra={"image_codec": image_codec},
-        make_set=make_set or build,
-    )
-    return [dict(r, codec=f"{image_codec}|{codec}", study=study) for r in res]
+    return CellSpec(ipc=ipc, label=label, student=plan.student(ipc), seeds=tuple(plan.seeds), experts=tuple(experts),
+                    image_seed=IMAGE_SEED, protocol="clean", study=study, extra={"image_codec": image_codec},
+                    make_set=make_set or build)
+
+
+def cell_records(spec: CellSpec, results: list[dict]) -> list[dict]:
+    """A cell's per-seed results tagged with its ``image|label`` codec and study."""
+    return [dict(r, codec=f"{spec.extra['image_codec']}|{spec.label.codec}", study=spec.study) for r in results]
+
+
+def evaluate_cell(lab: Lab, plan: BytesPlan, expert, **cell: Any) -> list[dict]:
+    """Run (or read back) one cell (the keywords of :func:`cell_spec`)."""
+    spec = cell_spec(lab, plan, expert, **cell)
+    return cell_records(spec, lab.evaluate_many([spec])[0])
 
 
 def plan_cells(plan: BytesPlan) -> list[tuple[int, str, int | None, str]]:
@@ -446,8 +449,11 @@ def bytes_study(
     )
     rows: list[dict[str, Any]] = []
     records: list[dict] = []
-    for ipc, codec, epoch, ic in plan_cells(plan):
-        res = evaluate_cell(lab, plan, expert, ipc=ipc, codec=codec, expert_epoch=epoch, image_codec=ic)
+    cells = plan_cells(plan)
+    specs = [cell_spec(lab, plan, expert, ipc=ipc, codec=codec, expert_epoch=epoch, image_codec=ic)
+             for ipc, codec, epoch, ic in cells]  # one call: the students may train in parallel (Lab.workers)
+    for (ipc, codec, epoch, ic), spec, out in zip(cells, specs, lab.evaluate_many(specs), strict=True):
+        res = cell_records(spec, out)
         records.extend(res)
         m, s = mean_std(metric_of(res, "test_acc"))
         v, _ = mean_std(metric_of(res, "val_acc"))
