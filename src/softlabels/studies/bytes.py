@@ -14,9 +14,10 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+from ..baseline import choose_epochs
 from ..codecs import image_codec as _image_codec
 from ..codecs import label_codec as _label_codec
 from ..config import LabelSpec, Preset, StudentRecipe
@@ -216,20 +217,8 @@ def choose_expert_epoch(lab: Lab, preset: Preset, expert, *, ipc: int | None = N
     else:
         ipcs = sorted(preset.ipcs) or [1]
         ipc = min(ipc or ipcs[len(ipcs) // 2], pool_limit(lab))
-        recipe = preset.sweep_student_for(ipc)
-        val = {}
-        for e in candidates:
-            res = lab.evaluate(
-                ipc=ipc,
-                label=LabelSpec(kind="soft", expert_epoch=e),
-                student=recipe,
-                seeds=[0],
-                experts=[expert],
-                image_seed=1000 + ipc,
-                protocol="clean",
-                study="baseline-sweep",
-            )
-            val[e] = float(res[0]["metrics"]["val_acc"])
+        sweep, _ = choose_epochs(lab, replace(preset, ipcs=(ipc,)), expert, protocol="clean")  # the main job's
+        val = {e: float(v) for e, v in sweep[ipc].items()}
         source = f"validation sweep at IPC {ipc}"
     chosen = max(candidates, key=lambda e: (val[e], -e))
     return chosen, {"source": source, "candidates": candidates, "val_acc": val}
