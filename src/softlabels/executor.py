@@ -124,11 +124,18 @@ class SerialExecutor:
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(evals: EvalSets | None, device: str, threads: int) -> None:
+def _set_up_worker(threads: int) -> None:
+    """A worker process's torch threads and allocator. Set only when it changes: a compiled graph is
+    specialised for the thread count, and a worker keeps its graphs across students."""
     from .perf import tune_allocator
 
-    torch.set_num_threads(threads)
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
     tune_allocator()
+
+
+def _init_worker(evals: EvalSets | None, device: str, threads: int) -> None:
+    _set_up_worker(threads)
     _WORKER.update(evals=evals, device=device)
 
 
@@ -153,7 +160,7 @@ class ProcessExecutor:
     def __init__(self, evals: EvalSets | None, *, workers: int, cores: int | None = None) -> None:
         self.workers = check_positive_int("workers", workers)
         self.cores = cpu_cores() if cores is None else cores
-        self.evals = _to_cpu(evals)
+        self.evals = _evals_to(evals, "cpu")
         self._pool: ProcessPoolExecutor | None = None
 
     def _ensure_pool(self) -> ProcessPoolExecutor:
@@ -220,10 +227,10 @@ def _main_not_reimported() -> Iterator[None]:
             setattr(main, k, v)
 
 
-def _to_cpu(evals: EvalSets | None) -> EvalSets | None:
+def _evals_to(evals: EvalSets | None, device: str | torch.device) -> EvalSets | None:
     if evals is None:
         return None
-    test_x, test_y, val_x, val_y = (None if t is None else t.cpu()
+    test_x, test_y, val_x, val_y = (None if t is None else t.to(device)
                                     for t in (evals.test_x, evals.test_y, evals.val_x, evals.val_y))
     return EvalSets(test_x, test_y, val_x, val_y)
 
@@ -234,12 +241,9 @@ def _cpu_job(job: StudentJob) -> StudentJob:
 
 # ---- Ray ----------------------------------------------------------------------------------------------
 def _run_in_ray(job: StudentJob, evals: EvalSets | None, device: str, threads: int) -> StudentResult:
-    from .perf import tune_allocator
-
-    if torch.get_num_threads() != threads:  # a Ray worker process runs many tasks: set once, graphs are kept
-        torch.set_num_threads(threads)
-    tune_allocator()
-    return _train(job, evals, device, None)
+    _set_up_worker(threads)  # a Ray worker process runs many tasks
+    # the object store holds CPU tensors; a GPU task evaluates on its GPU, as it trains there
+    return _train(job, evals if device == "cpu" else _evals_to(evals, device), device, None)
 
 
 def _import_ray():
@@ -266,7 +270,7 @@ class RayExecutor:
         self.address = address
         self.cpus_per_student = check_positive_int("cpus_per_student", cpus_per_student)
         self.num_cpus = None if num_cpus is None else check_positive_int("num_cpus", num_cpus)
-        self.evals = _to_cpu(evals)
+        self.evals = _evals_to(evals, "cpu")
         self._evals_ref = None
         self._task = None
         self._connected_here = False
