@@ -77,8 +77,9 @@ def run_baseline(lab: Lab, preset: Preset, *, protocol: str = "clean", seeds: in
     n_seeds = seeds or preset.seeds
     grid = [(ipc, label) for ipc in preset.ipcs
             for label in (LabelSpec(kind="hard", codec="hard"), LabelSpec(kind="soft", expert_epoch=chosen[ipc]))]
+    recipes = {ipc: preset.student_for(ipc) for ipc in preset.ipcs}
     results = lab.evaluate_many([
-        CellSpec(ipc=ipc, label=label, student=preset.student_for(ipc), seeds=tuple(range(n_seeds)),
+        CellSpec(ipc=ipc, label=label, student=recipes[ipc], seeds=tuple(range(n_seeds)),
                  experts=(expert,), image_seed=0, protocol=protocol, study="baseline") for ipc, label in grid])
     rows: list[BaselineRow] = []
     for (ipc, label), res in zip(grid, results, strict=True):
@@ -87,7 +88,7 @@ def run_baseline(lab: Lab, preset: Preset, *, protocol: str = "clean", seeds: in
         std = (sum((a - mean) ** 2 for a in accs) / len(accs)) ** 0.5
         wall = sum(r["wall_s"] for r in res)  # the students' own times (several may have run at once)
         rows.append(BaselineRow(ipc, label.kind, label.expert_epoch, mean, std, len(accs), protocol, wall,
-                                res[0]["nbytes"], accs, preset.student_for(ipc).epochs))
+                                res[0]["nbytes"], accs, recipes[ipc].epochs))
     return BaselineResult(rows, sweep, chosen, expert.history(), expert.key, preset.name, protocol,
                           time.perf_counter() - t0, preset.student.to_dict(), preset.expert.to_dict())
 
