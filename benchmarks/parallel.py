@@ -1,5 +1,5 @@
 """Parallel students: the same students trained one after the other in this process (all cores) vs in N
-worker processes (softlabels.executor.ProcessExecutor, cores // N threads each), measured in one run.
+worker processes (softlabels.engine.executors.ProcessExecutor, cores // N threads each), measured in one run.
 
 For each (width, batch) point, both sides first warm up (compile; the workers also start) -- printed
 apart -- then train the same K students (seeds 0..K-1, training only); the line gives milliseconds per
@@ -17,8 +17,8 @@ import time
 import torch
 
 from softlabels.config import StudentRecipe
-from softlabels.executor import ProcessExecutor, SerialExecutor, StudentJob, cpu_cores
-from softlabels.perf import tune_allocator
+from softlabels.engine.executors import ProcessExecutor, SerialExecutor, StudentJob, cpu_cores
+from softlabels.engine.runtime import tune_allocator
 
 STEPS = 400  # optimizer steps per timed student at batch 10 (fewer for bigger students)
 
@@ -40,9 +40,12 @@ def main() -> None:
     ap.add_argument("--students", type=int, default=4, help="students per side (a multiple of --workers)")
     args = ap.parse_args()
     tune_allocator()
-    print(f"torch {torch.__version__}, {cpu_cores()} cores; serial: 1 process x {torch.get_num_threads()} threads; "
-          f"parallel: {args.workers} processes x {max(1, cpu_cores() // args.workers)} thread(s); bf16 where native, "
-          f"compiled training")
+    print(
+        f"torch {torch.__version__}, {cpu_cores()} cores; serial: 1 process x {torch.get_num_threads()} "
+        f"threads; parallel: {args.workers} processes x {max(1, cpu_cores() // args.workers)} thread(s); "
+        "bf16 where native, "
+        f"compiled training"
+    )
     serial = SerialExecutor(None)
     parallel = ProcessExecutor(None, workers=args.workers)
     try:
@@ -55,8 +58,8 @@ def main() -> None:
             recipe = StudentRecipe(model="convnet-d3", width=width, epochs=epochs, batch_size=256)
 
             def jobs(n, ep, seed0=0, recipe=recipe, x=x, y=y):
-                return [StudentJob(x, y, recipe.replace(epochs=ep), seed=seed0 + i, compile_model=True,
-                                   evaluate=False) for i in range(n)]
+                return [StudentJob(images=x, labels=y, recipe=recipe.replace(epochs=ep), seed=seed0 + i,
+                                   compile_model=True, evaluate=False) for i in range(n)]
 
             ts, ws = timed(serial, jobs(args.students, epochs), jobs(1, 2, 100))
             tp, wp = timed(parallel, jobs(args.students, epochs), jobs(args.workers, 2, 100))

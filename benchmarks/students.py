@@ -30,21 +30,33 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from reference import ref_eval, ref_train
 
 from softlabels.config import StudentRecipe
 from softlabels.data import load_dataset
-from softlabels.reference import ref_eval, ref_train
-from softlabels.selection import random_per_class
-from softlabels.train import (
-    EvalSets,
-    _evaluator,
-    accuracy,
-    init_model,
+from softlabels.engine.evaluation import EvalSets, accuracy, predict
+from softlabels.engine.loop import train_student
+from softlabels.engine.runtime import (
+    Engine,
     planned_steps,
     resolve_compile,
     resolve_precision,
-    train_student,
+    tune_allocator,
 )
+from softlabels.models import init_model
+from softlabels.sets.selection import random_per_class
+
+ENGINE = Engine()  # the benchmark process's compiled inference graphs, as a Lab's
+
+
+def engine_predict(net: nn.Module, evals: EvalSets, amp, n: int | None = None) -> torch.Tensor:
+    """The engine's evaluation path (compiled, fixed batch shape, reused stem statistics) on the first ``n``
+    test images (all by default)."""
+    stats = evals.stem_stats(net, "test")
+    x = evals.test_x if n is None else evals.test_x[:n]
+    stats = stats if stats is None or n is None else tuple(t[:n] for t in stats)
+    return predict(ENGINE.inference_model(("bench", net.classifier.in_features), net), x, batch_size=1024,
+                   amp_dtype=amp, fixed_shape=True, stats=stats)
 
 QUICK_EPOCHS = {1: 60, 10: 20, 50: 4}
 FULL_EPOCHS = {1: 300, 10: 100, 50: 30}
@@ -91,8 +103,6 @@ def _data(ipc: int):
 def reference_runs(ipcs, epochs, width, seeds, allocator) -> dict:
     """(a) in a fresh process: {ipc: (seconds per epoch, test accuracies, eval seconds)} per seed."""
     if allocator == "tuned":
-        from softlabels.perf import tune_allocator
-
         tune_allocator()
     out = {}
     for ipc in ipcs:
@@ -112,34 +122,54 @@ def reference_runs(ipcs, epochs, width, seeds, allocator) -> dict:
 
 
 def parallel_runs(x, y, recipe, seeds, compile_on, evals, amp, workers):
-    """The engine's students in ``workers`` processes: (seconds per student-epoch, test accuracies, warm-up s).
+    """The engine's students in ``workers`` processes: (s per student-epoch, test accuracies, warm-up s).
 
     Workers are started and warmed up (a 2-epoch student each) first; the timed part trains every seed
     (no evaluation), then each returned student is evaluated here.
     """
-    from softlabels.executor import ProcessExecutor, StudentJob
+    from softlabels.engine.executors import ProcessExecutor, StudentJob
 
     ex = ProcessExecutor(None, workers=workers)
     try:
         t0 = time.perf_counter()
-        warm_jobs = [StudentJob(x, y, recipe.replace(epochs=2), seed=99 + i, compile_model=compile_on, evaluate=False)
-                     for i in range(workers)]
+        warm_jobs = [StudentJob(images=x, labels=y, recipe=recipe.replace(epochs=2), seed=99 + i,
+                                compile_model=compile_on, evaluate=False) for i in range(workers)]
         ex.run(warm_jobs, lambda job, res: None)
         warm = time.perf_counter() - t0
         states: dict[int, dict] = {}
         t0 = time.perf_counter()
-        ex.run([StudentJob(x, y, recipe, seed=s, compile_model=compile_on, evaluate=False, return_state=True, tag=s)
-                for s in range(seeds)], lambda job, res: states.__setitem__(job.tag, res.state))
+        ex.run(
+            [
+                StudentJob(
+                    images=x,
+                    labels=y,
+                    recipe=recipe,
+                    seed=s,
+                    compile_model=compile_on,
+                    evaluate=False,
+                    return_state=True,
+                    tag=s,
+                )
+                for s in range(seeds)
+            ],
+            lambda job, res: states.__setitem__(job.tag, res.state),
+        )
         per_epoch = (time.perf_counter() - t0) / (seeds * recipe.epochs)
     finally:
         ex.close()
     accs = []
     for s in range(seeds):
-        net = init_model("convnet-d3", recipe.width, seed=s, in_channels=1, num_classes=10, image_size=(28, 28),
-                         device=torch.device("cpu"))
+        net = init_model(
+            "convnet-d3",
+            recipe.width,
+            seed=s,
+            in_channels=1,
+            num_classes=10,
+            image_size=(28, 28),
+            device=torch.device("cpu"),
+        )
         net.load_state_dict(states[s])
-        run = _evaluator(net, recipe, ("bench", recipe.width), torch.device("cpu"), evals)
-        accs.append(accuracy(run(evals.test_x, amp_dtype=amp), evals.test_y))
+        accs.append(accuracy(engine_predict(net, evals, amp), evals.test_y))
     return [per_epoch] * seeds, accs, warm
 
 
@@ -165,8 +195,6 @@ def main() -> None:
           f"reference allocator={args.reference_allocator}", flush=True)
     with mp.get_context("spawn").Pool(1) as pool:  # a clean process: nothing of the engine's settings
         ref = pool.apply(reference_runs, (args.ipc, epochs, args.width, seeds, args.reference_allocator))
-    from softlabels.perf import tune_allocator
-
     tune_allocator()
     peak32, peak16 = matmul_peak(), matmul_peak(torch.bfloat16)
     print(f"matmul peak: fp32 {peak32:.0f} GFLOP/s, bf16 {peak16:.0f} GFLOP/s (1024x1024, median)")
@@ -176,13 +204,27 @@ def main() -> None:
         test_x, test_y = ds.normalize(ds.test_images), ds.test_targets
         evals = EvalSets(test_x, test_y)
         e = epochs.get(ipc, 10)
-        flops = train_flops_per_image(init_model("convnet-d3", args.width, seed=0, in_channels=1, num_classes=10,
-                                                 image_size=(28, 28), device=torch.device("cpu")), (1, 28, 28))
+        flops = train_flops_per_image(
+            init_model(
+                "convnet-d3",
+                args.width,
+                seed=0,
+                in_channels=1,
+                num_classes=10,
+                image_size=(28, 28),
+                device=torch.device("cpu"),
+            ),
+            (1, 28, 28),
+        )
         our_t, our_acc, our_ev = [], [], []
         recipe = StudentRecipe(model="convnet-d3", width=args.width, epochs=e, precision=args.precision,
                                compile=args.compile)
-        compile_on = resolve_compile(args.compile, torch.device("cpu"), total_steps=planned_steps(recipe, len(x), seeds))
-        if compile_on and args.workers == 1:  # warm-up once per model shape, amortised over a study's students
+        compile_on = resolve_compile(
+            args.compile, torch.device("cpu"), total_steps=planned_steps(recipe, len(x), seeds)
+        )
+        if (
+            compile_on and args.workers == 1
+        ):  # warm-up once per model shape, amortised over a study's students
             t0 = time.perf_counter()
             train_student(x, y, recipe.replace(epochs=2), seed=99, evals=None, compile_model=True)
             warm = time.perf_counter() - t0
@@ -194,27 +236,54 @@ def main() -> None:
                 our_t.append(r.train_s / e)
                 our_acc.append(r.test_acc)
             # the engine's evaluation path (compiled inference, warmed up once per process), timed alone
-            net2 = init_model("convnet-d3", args.width, seed=s, in_channels=1, num_classes=10, image_size=(28, 28),
-                              device=torch.device("cpu"))
-            run = _evaluator(net2, recipe, ("bench", args.width), torch.device("cpu"), evals)
-            run(test_x[:1024], amp_dtype=amp)
+            net2 = init_model(
+                "convnet-d3",
+                args.width,
+                seed=s,
+                in_channels=1,
+                num_classes=10,
+                image_size=(28, 28),
+                device=torch.device("cpu"),
+            )
+            engine_predict(net2, evals, amp, n=1024)  # warm-up: compiles once per process
             t0 = time.perf_counter()
-            run(test_x, amp_dtype=amp)
+            engine_predict(net2, evals, amp)
             our_ev.append(time.perf_counter() - t0)
         ref_t, ref_acc, ref_ev = ref[ipc]
         rt, ot = statistics.median(ref_t), statistics.median(our_t)
         print(f"IPC {ipc:3d} ({len(x)} images, {e} epochs, {seeds} seed(s)):")
-        print(f"  per student-epoch: reference {rt * 1e3:8.1f} ms   softlabels {ot * 1e3:8.1f} ms   "
-              f"ratio {rt / ot:5.2f}x" + (f"   (compile warm-up {warm:.0f} s, once per shape)" if compile_on and args.workers == 1 else "")
-              + (f"   [{args.workers} worker processes: start + compile {warm:.0f} s]" if args.workers > 1 else ""))
-        print(f"  test evaluation (10k): reference {statistics.median(ref_ev):6.2f} s   softlabels "
-              f"{statistics.median(our_ev):6.2f} s   ratio {statistics.median(ref_ev) / statistics.median(our_ev):5.2f}x")
-        print(f"  test accuracy after {e} epochs: reference {100 * np.mean(ref_acc):5.1f} ± {100 * np.std(ref_acc):.1f}"
-              f"   softlabels {100 * np.mean(our_acc):5.1f} ± {100 * np.std(our_acc):.1f}")
+        print(
+            f"  per student-epoch: reference {rt * 1e3:8.1f} ms   softlabels {ot * 1e3:8.1f} ms   "
+            f"ratio {rt / ot:5.2f}x"
+            + (
+                f"   (compile warm-up {warm:.0f} s, once per shape)"
+                if compile_on and args.workers == 1
+                else ""
+            )
+            + (
+                f"   [{args.workers} worker processes: start + compile {warm:.0f} s]"
+                if args.workers > 1
+                else ""
+            )
+        )
+        print(
+            f"  test evaluation (10k): reference {statistics.median(ref_ev):6.2f} s   softlabels "
+            f"{statistics.median(our_ev):6.2f} s   "
+            f"ratio {statistics.median(ref_ev) / statistics.median(our_ev):5.2f}x"
+        )
+        print(
+            f"  test accuracy after {e} epochs: reference {100 * np.mean(ref_acc):5.1f} "
+            f"± {100 * np.std(ref_acc):.1f}"
+            f"   softlabels {100 * np.mean(our_acc):5.1f} ± {100 * np.std(our_acc):.1f}"
+        )
         gf = flops * len(x)
-        print(f"  achieved: reference {gf / rt / 1e9:6.1f} GFLOP/s ({100 * gf / rt / 1e9 / peak32:4.1f}% of fp32 peak)"
-              f"   softlabels {gf / ot / 1e9:6.1f} GFLOP/s ({100 * gf / ot / 1e9 / (peak16 if amp else peak32):4.1f}% "
-              f"of {'bf16' if amp else 'fp32'} peak)", flush=True)
+        print(
+            f"  achieved: reference {gf / rt / 1e9:6.1f} GFLOP/s "
+            f"({100 * gf / rt / 1e9 / peak32:4.1f}% of fp32 peak)   softlabels {gf / ot / 1e9:6.1f} GFLOP/s "
+            f"({100 * gf / ot / 1e9 / (peak16 if amp else peak32):4.1f}% "
+            f"of {'bf16' if amp else 'fp32'} peak)",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """End-to-end study time: a study run with softlabels' engine vs the same study with the reference loop.
 
 Both runs start from empty output folders that share one already-trained expert (copied), so the
-difference is the student engine: ``StudentRecipe(loop="reference")`` (DataLoader, fp32, eager, batch-128
+difference is the student engine: ``reference.ReferenceExecutor`` (DataLoader, fp32, eager, batch-128
 evaluation) vs the default engine. Each study runs in its own fresh process (the reference one with the
 system allocator, as the reference code runs). Prints both wall times and their ratio, measured in one run.
 
@@ -12,32 +12,28 @@ system allocator, as the reference code runs). Prints both wall times and their 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import multiprocessing as mp
 import shutil
 import tempfile
 import time
 from pathlib import Path
 
-from softlabels.config import get_preset
-from softlabels.lab import Lab
-from softlabels.studies import base, run_study
+from reference import ReferenceExecutor
+
+from softlabels import Lab, get_preset, run_study
+from softlabels.cli.common import parse_value
 
 
 def timed_study(name: str, out: Path, expert_src: Path, loop: str, options: dict) -> tuple[float, list]:
     preset = get_preset("default")
-    preset = dataclasses.replace(preset, student=preset.student.replace(loop=loop))
-    original = base.base_settings
-    base.base_settings = lambda scale: preset
-    try:
-        shutil.copytree(expert_src, out / "experts", dirs_exist_ok=True)
-        lab = Lab(out, data=preset.data, device="cpu", progress=False)
-        lab.expert(preset.expert)  # loads the data and the (copied) expert outside the timed part
-        t0 = time.perf_counter()
-        res = run_study(name, lab, scale="quick", **options)
-        return time.perf_counter() - t0, res.rows
-    finally:
-        base.base_settings = original
+    shutil.copytree(expert_src, out / "experts", dirs_exist_ok=True)
+    lab = Lab(out, data=preset.data, device="cpu", progress=False)
+    if loop == "reference":
+        lab.workers = ReferenceExecutor(lab.evals)
+    lab.expert(preset.expert)  # loads the data and the (copied) expert outside the timed part
+    t0 = time.perf_counter()
+    res = run_study(name, lab, scale="quick", preset=preset, **options)
+    return time.perf_counter() - t0, res.rows
 
 
 def main() -> None:
@@ -46,7 +42,7 @@ def main() -> None:
     ap.add_argument("-O", action="append", default=[], help="study option KEY=VALUE (e.g. ipcs=1,2)")
     ap.add_argument("--expert-from", default=None, help="an output folder whose experts/ to reuse")
     args = ap.parse_args()
-    options = dict(o.split("=", 1) for o in args.O)
+    options = {k: parse_value(v) for k, v in (o.split("=", 1) for o in args.O)}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         src = Path(args.expert_from) / "experts" if args.expert_from else None
@@ -64,8 +60,12 @@ def main() -> None:
     print(f"  ratio (reference / softlabels): {ref / fast:.2f}x")
     for a, b in zip(rows_f, rows_r, strict=False):
         keys = [k for k in ("ipc", "k", "expert_epoch") if k in a]
-        print("  " + " ".join(f"{k}={a[k]}" for k in keys)
-              + f"  softlabels {100 * a.get('mean', float('nan')):.1f}%  reference {100 * b.get('mean', float('nan')):.1f}%")
+        print(
+            "  "
+            + " ".join(f"{k}={a[k]}" for k in keys)
+            + f"  softlabels {100 * a.get('test_mean', float('nan')):.1f}%"
+            + f"  reference {100 * b.get('test_mean', float('nan')):.1f}%"
+        )
 
 
 if __name__ == "__main__":

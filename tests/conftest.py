@@ -23,12 +23,16 @@ def tiny_data_spec():
 
 @pytest.fixture
 def tiny_expert():
-    return ExpertRecipe(model="convnet-d3", width=8, epochs=3, train_images=160, batch_size=32, precision="fp32")
+    return ExpertRecipe(
+        model="convnet-d3", width=8, epochs=3, train_images=160, batch_size=32, precision="fp32"
+    )
 
 
 @pytest.fixture
 def tiny_student():
-    return StudentRecipe(model="convnet-d3", width=8, epochs=6, precision="fp32", compile="off", batch_size=16)
+    return StudentRecipe(
+        model="convnet-d3", width=8, epochs=6, precision="fp32", compile="off", batch_size=16
+    )
 
 
 @pytest.fixture
@@ -44,13 +48,14 @@ def student_jobs(tiny_ds, tiny_student):
     with fixed soft labels, for the executor tests."""
     import torch.nn.functional as F
 
-    from softlabels.executor import StudentJob
-    from softlabels.train import EvalSets
+    from softlabels.engine.evaluation import EvalSets
+    from softlabels.engine.executors import StudentJob
 
     def make(n):
         x = tiny_ds.normalize(tiny_ds.train_images[:24])
         y = F.softmax(torch.randn(24, 4, generator=torch.Generator().manual_seed(0)), 1)
         ev = EvalSets(tiny_ds.normalize(tiny_ds.test_images), tiny_ds.test_targets)
-        return ev, [StudentJob(x, y, tiny_student, seed=s, return_state=True, tag=s) for s in range(n)]
+        return ev, [StudentJob(images=x, labels=y, recipe=tiny_student, seed=s, return_state=True, tag=s)
+                    for s in range(n)]
 
     return make

@@ -8,17 +8,20 @@ from itertools import product
 
 import pytest
 
-import softlabels.executor as executor_mod
-from softlabels.budget import best_within_budget, cells_of, fill_budget, format_bytes
+import softlabels.engine.executors as executor_mod
+from softlabels.analysis.budget import best_within_budget, cells_of
 from softlabels.cli import main
-from softlabels.codecs import image_codec
-from softlabels.config import DataSpec, ExpertRecipe, LabelSpec, Preset, StudentRecipe, get_preset
-from softlabels.distill import build_compressed_set
+from softlabels.config import DataSpec, ExpertRecipe, LabelSpec, StudentRecipe
 from softlabels.lab import Lab
+from softlabels.main_job import choose_expert_epochs
+from softlabels.presets import Preset, get_preset
+from softlabels.sets.codecs import image_codec
+from softlabels.sets.spec import SetSpec
 from softlabels.store import ResultsStore
 from softlabels.studies import STUDIES, run_study
 from softlabels.studies.bytes import QUICK_CODECS, canonical_codecs
-from softlabels.validation import parse_size
+from softlabels.studies.bytes_fill import fill_budget
+from softlabels.units import format_bytes, parse_size
 
 IPCS = [1, 2, 4]
 
@@ -31,7 +34,7 @@ def tiny_preset(tiny_data_spec):
         expert=ExpertRecipe(model="convnet-d3", width=8, epochs=3, train_images=200, precision="fp32"),
         student=StudentRecipe(model="convnet-d3", width=8, epochs=5, precision="fp32", compile="off"),
         ipcs=(1, 4),
-        seeds=1,
+        seeds=(0,),
         sweep_epochs=(1, 3),
         sweep_student_epochs=4,
     )
@@ -61,8 +64,8 @@ def _dominated(i: int, rows: list[dict]) -> bool:
     a = rows[i]
     return any(
         b["bytes_total"] <= a["bytes_total"]
-        and b["mean"] >= a["mean"]
-        and (b["bytes_total"] < a["bytes_total"] or b["mean"] > a["mean"])
+        and b["test_mean"] >= a["test_mean"]
+        and (b["bytes_total"] < a["bytes_total"] or b["test_mean"] > a["test_mean"])
         for b in rows
     )
 
@@ -75,31 +78,29 @@ def test_bytes_study_grid_frontier_and_measured_bytes(lab, tiny_preset, counted,
     res = run_study("bytes", lab, ipcs=IPCS, budgets=["1.5KB"])
     rows, summary = res.rows, res.summary
     codecs = canonical_codecs(QUICK_CODECS)
-    # the grid: every IPC x label codec, hard labels without an expert epoch, one expert epoch for soft
+    # the grid: every IPC x label codec, hard labels without an expert epoch, the shared sweep's epoch (soft)
     assert sorted((r["ipc"], r["label_codec"]) for r in rows) == sorted(product(IPCS, codecs))
-    epoch = summary["expert_epochs"][0]
-    assert summary["expert_epochs"] == [epoch] and epoch in (1, 3)
-    choice = summary["expert_epoch_choice"]
-    assert choice["epoch"] == max(choice["val_acc"], key=lambda e: (choice["val_acc"][e], -e))
-    assert all(r["expert_epoch"] == (None if r["label_codec"] == "hard" else epoch) for r in rows)
+    expert = lab.expert(tiny_preset.expert)
+    chosen = choose_expert_epochs(lab, tiny_preset, expert, ipcs=IPCS).chosen  # the one chooser (stored runs)
+    assert summary["expert_epochs"] == {str(i): [chosen[i]] for i in IPCS} and set(chosen.values()) <= {1, 3}
+    assert all(r["expert_epoch"] == (None if r["label_codec"] == "hard" else chosen[r["ipc"]]) for r in rows)
     n_cells = len(rows)
-    assert len(counted) == n_cells + 2  # one student per cell + the 2-candidate epoch sweep
+    assert len(counted) == n_cells + 2 * len(IPCS)  # one student per cell + the 2-candidate sweep per IPC
     # the image codec is the smallest measured one, and its bytes are the encoded images' bytes
     totals = {c: v["total"] for c, v in summary["image_codec_bytes"].items()}
     ic = min(totals, key=totals.get)
     assert summary["image_codec"] == [ic] and all(r["image_codec"] == ic for r in rows)
     # measured bytes: the row, the store, cset.nbytes and the file on disk agree
-    expert = lab.expert(tiny_preset.expert)
     stored = {(r.config["ipc"], r.config["codec"]): r for r in lab.store.query(study="bytes")}
     assert len(stored) == n_cells
     for r in rows:
         label = (
             LabelSpec(kind="hard", codec="hard")
             if r["label_codec"] == "hard"
-            else LabelSpec(kind="soft", expert_epoch=epoch, codec=r["label_codec"])
+            else LabelSpec(kind="soft", expert_epoch=chosen[r["ipc"]], codec=r["label_codec"])
         )
-        cset = build_compressed_set(
-            lab.prepared, ipc=r["ipc"], label=label, experts=[expert], seed=0, image_codec=r["image_codec"]
+        cset = SetSpec(ipc=r["ipc"], label=label, image_codec=r["image_codec"]).build(
+            lab.prepared, experts=[expert]
         )
         nb = cset.nbytes
         assert (nb["images"], nb["labels"], nb["total"]) == (
@@ -124,7 +125,8 @@ def test_bytes_study_grid_frontier_and_measured_bytes(lab, tiny_preset, counted,
     for i, r in enumerate(rows):
         if not r["on_frontier"]:
             assert _dominated(i, rows) or any(
-                rows[j]["bytes_total"] == r["bytes_total"] and rows[j]["mean"] == r["mean"] for j in front
+                rows[j]["bytes_total"] == r["bytes_total"] and rows[j]["test_mean"] == r["test_mean"]
+                for j in front
             )
     hard = [r for r in rows if r["label_codec"] == "hard"]
     assert any(r["on_hard_frontier"] for r in hard)
@@ -146,7 +148,7 @@ def test_bytes_study_grid_frontier_and_measured_bytes(lab, tiny_preset, counted,
     # a re-run trains nothing
     counted.clear()
     again = run_study("bytes", lab, ipcs=IPCS, budgets=["1.5KB"])
-    assert counted == [] and [r["mean"] for r in again.rows] == [r["mean"] for r in rows]
+    assert counted == [] and [r["test_mean"] for r in again.rows] == [r["test_mean"] for r in rows]
 
 
 def _run(

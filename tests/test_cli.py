@@ -1,7 +1,7 @@
 import pytest
 
 from softlabels.cli import main
-from softlabels.config import get_preset
+from softlabels.presets import get_preset
 
 
 def test_lists_datasets_and_models(capsys):

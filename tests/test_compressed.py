@@ -3,14 +3,14 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from softlabels.compressed import CompressedSet
 from softlabels.config import LabelSpec
 from softlabels.data.prepared import prepare_data
-from softlabels.distill import build_compressed_set
+from softlabels.engine.evaluation import logits_of
 from softlabels.experts import train_expert
 from softlabels.labels.generate import soft_labels
-from softlabels.selection import random_per_class
-from softlabels.train import logits_of
+from softlabels.sets.compressed import CompressedSet
+from softlabels.sets.selection import random_per_class
+from softlabels.sets.spec import SetSpec
 from softlabels.validation import CorruptFileError
 
 
@@ -34,8 +34,7 @@ def test_random_per_class_is_seeded_and_balanced():
 
 def test_soft_labels_are_softmax_of_expert_logits_over_T(setup):
     prepared, traj = setup
-    cset = build_compressed_set(prepared, ipc=2, label=LabelSpec(expert_epoch=2, temperature=2.0),
-                                experts=[traj], seed=0)
+    cset = SetSpec(ipc=2, label=LabelSpec(expert_epoch=2, temperature=2.0)).build(prepared, experts=[traj])
     pos = random_per_class(prepared.train_targets, ipc=2, num_classes=4, seed=0)
     x, _ = prepared.tensors("train")
     z = logits_of(traj.model(2), x[pos])
@@ -49,19 +48,20 @@ def test_soft_labels_are_softmax_of_expert_logits_over_T(setup):
 
 def test_hard_labels_and_transform(setup):
     prepared, traj = setup
-    hard = build_compressed_set(prepared, ipc=3, label=LabelSpec(kind="hard", codec="hard"), seed=0)
+    hard = SetSpec(ipc=3, label=LabelSpec(kind="hard", codec="hard")).build(prepared)
     assert torch.equal(hard.labels.argmax(1), hard.targets) and torch.all(hard.labels.sum(1) == 1)
     assert hard.nbytes["labels"] == 12  # one uint8 per image
-    top1 = build_compressed_set(prepared, ipc=3, label=LabelSpec(expert_epoch=1, transform="topk:k=1"),
-                                experts=[traj], seed=0)
+    top1 = SetSpec(ipc=3, label=LabelSpec(expert_epoch=1, transform="topk:k=1")).build(
+        prepared, experts=[traj]
+    )
     assert torch.all((top1.labels > 0).sum(1) == 1)
     assert torch.all(top1.labels.sum(1) < 1)  # no renormalisation, as in the paper
 
 
 def test_save_load_round_trip_and_bytes_match_file(tmp_path, setup):
     prepared, traj = setup
-    cset = build_compressed_set(prepared, ipc=2, label=LabelSpec(expert_epoch=3, codec="fp16"), experts=[traj],
-                                seed=0, image_codec="zlib")
+    cset = SetSpec(ipc=2, label=LabelSpec(expert_epoch=3, codec="fp16"), image_codec="zlib").build(
+        prepared, experts=[traj])
     path = cset.save(tmp_path / "set.safetensors")
     back = CompressedSet.load(path)
     assert torch.equal(back.images, cset.images) and torch.equal(back.labels, cset.labels)
@@ -75,15 +75,16 @@ def test_save_load_round_trip_and_bytes_match_file(tmp_path, setup):
 
 def test_quantised_labels_save_without_reencoding(tmp_path, setup):
     prepared, traj = setup
-    cset = build_compressed_set(prepared, ipc=2, label=LabelSpec(expert_epoch=1, codec="quant:bits=2"),
-                                experts=[traj], seed=0)
+    cset = SetSpec(ipc=2, label=LabelSpec(expert_epoch=1, codec="quant:bits=2")).build(
+        prepared, experts=[traj]
+    )
     back = CompressedSet.load(cset.save(tmp_path / "q.safetensors"))
     assert torch.equal(back.labels, cset.labels)
 
 
 def test_corrupt_and_foreign_files(tmp_path, setup):
     prepared, traj = setup
-    cset = build_compressed_set(prepared, ipc=1, label=LabelSpec(kind="hard", codec="hard"), seed=0)
+    cset = SetSpec(ipc=1, label=LabelSpec(kind="hard", codec="hard")).build(prepared)
     path = cset.save(tmp_path / "s.safetensors")
     path.write_bytes(path.read_bytes()[:-7])
     with pytest.raises(CorruptFileError):
@@ -118,7 +119,7 @@ def test_user_sets_from_npz_and_safetensors(tmp_path):
 
 
 def test_row_sum_slack_comes_from_the_label_codec():
-    from softlabels.codecs import label_codec
+    from softlabels.sets.codecs import label_codec
 
     assert label_codec("quant:bits=2").row_sum_excess(4) == pytest.approx(4 * 0.5 / 3)
     assert label_codec("quant:bits=2,renorm=1").row_sum_excess(4) == 0.0

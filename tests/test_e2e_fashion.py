@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from softlabels.cli import main
-from softlabels.compressed import CompressedSet
 from softlabels.data import load_dataset
+from softlabels.sets.compressed import CompressedSet
 from softlabels.validation import DataNotFoundError
 
 try:
@@ -30,8 +30,27 @@ def test_smoke_run_distill_evaluate(tmp_path, capsys):
 
     # distill a set with the same (reused) expert, then evaluate it and a user-made set
     s = tmp_path / "ipc2.safetensors"
-    assert main(["distill", "--preset", "smoke", "--out", str(out), "--quiet", "--ipc", "2", "--expert-epoch", "2",
-                 "--codec", "fp16", "-o", str(s)]) == 0
+    assert (
+        main(
+            [
+                "distill",
+                "--preset",
+                "smoke",
+                "--out",
+                str(out),
+                "--quiet",
+                "--ipc",
+                "2",
+                "--expert-epoch",
+                "2",
+                "--codec",
+                "fp16",
+                "-o",
+                str(s),
+            ]
+        )
+        == 0
+    )
     cset = CompressedSet.load(s)
     assert len(cset) == 20 and cset.manifest["label_codec"] == "fp16"
     assert main(["evaluate", str(s), "--preset", "smoke", "--out", str(out), "--quiet", "--seeds", "1",

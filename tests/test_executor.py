@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from softlabels.config import LabelSpec
-from softlabels.executor import (
+from softlabels.engine.executors import (
     PARALLEL_MAX_BATCH,
     PARALLEL_MIN_STEPS,
     ProcessExecutor,
@@ -19,6 +19,7 @@ from softlabels.executor import (
     make_executor,
     resolve_workers,
 )
+from softlabels.sets.spec import SetSpec
 
 
 def test_auto_workers_only_for_enough_small_batch_work_on_cpu():
@@ -59,7 +60,9 @@ def test_a_worker_trains_the_same_student_as_this_process(student_jobs):
 
 def test_a_failing_job_raises_in_the_caller(student_jobs, tiny_student):
     ev, jobs = student_jobs(2)
-    bad = StudentJob(jobs[0].images, jobs[0].labels[:, :2] * 5, tiny_student, seed=0)  # rows sum to 5
+    bad = StudentJob(
+        images=jobs[0].images, labels=jobs[0].labels[:, :2] * 5, recipe=tiny_student, seed=0
+    )  # sum 5
     ex = ProcessExecutor(ev, workers=2, cores=2)
     try:
         with pytest.raises(ValueError):
@@ -69,11 +72,15 @@ def test_a_failing_job_raises_in_the_caller(student_jobs, tiny_student):
 
 
 def test_lab_with_workers_stores_each_student_and_resumes(tiny_lab, tiny_expert, tiny_student):
-    import dataclasses
+    from softlabels.lab import Lab
 
-    lab = dataclasses.replace(tiny_lab, workers=2)
+    lab = Lab(tiny_lab.out_dir, data=tiny_lab.data, dataset=tiny_lab.dataset, progress=False, workers=2)
     traj = lab.expert(tiny_expert)
-    cell = {"ipc": 2, "label": LabelSpec(expert_epoch=2), "student": tiny_student, "experts": [traj]}
+    cell = {
+        "set": SetSpec(ipc=2, label=LabelSpec(expert_epoch=2)),
+        "student": tiny_student,
+        "experts": [traj],
+    }
     try:
         res = lab.evaluate(seeds=[0, 1, 2], **cell)
         assert [r["cached"] for r in res] == [False] * 3 and len(lab.store) == 3
@@ -90,17 +97,18 @@ def test_workers_do_not_rerun_a_script_without_a_main_guard(tmp_path):
     marker = tmp_path / "runs.txt"
     script = tmp_path / "noguard.py"
     script.write_text(textwrap.dedent(f"""
-        from softlabels.config import DataSpec, LabelSpec, StudentRecipe
+        from softlabels import DataSpec, Lab, LabelSpec, SetSpec, StudentRecipe
         from softlabels.data.synthetic import make_synthetic
-        from softlabels.lab import Lab
 
         with open({str(marker)!r}, "a") as f:
             f.write("run\\n")
         ds = make_synthetic(num_classes=4, n_train=240, n_test=80, size=12, seed=0)
-        st = StudentRecipe(model="convnet-d3", width=8, epochs=2, precision="fp32", compile="off", batch_size=16)
+        st = StudentRecipe(model="convnet-d3", width=8, epochs=2, precision="fp32", compile="off",
+                           batch_size=16)
         with Lab({str(tmp_path / "out")!r}, data=DataSpec(name="synthetic", val_fraction=0.2), dataset=ds,
                  progress=False, workers=2) as lab:
-            res = lab.evaluate(ipc=2, label=LabelSpec(kind="hard", codec="hard"), student=st, seeds=[0, 1])
+            hard = SetSpec(ipc=2, label=LabelSpec(kind="hard", codec="hard"))
+            res = lab.evaluate(hard, student=st, seeds=[0, 1])
         print("ok", len(res))
     """))
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
@@ -132,13 +140,17 @@ def test_an_interrupt_stops_the_workers_and_a_later_run_starts_fresh_ones(studen
 def test_lab_decides_workers_from_all_seeds_of_its_cells(tiny_lab, tiny_expert, tiny_student, monkeypatch):
     """Like the compile choice: a resumed cell (some seeds stored) must train on the same thread counts."""
     import softlabels.lab as lab_mod
-    from softlabels.train import planned_steps
+    from softlabels.engine.runtime import planned_steps
 
     seen = []
     real = lab_mod.resolve_workers
     monkeypatch.setattr(lab_mod, "resolve_workers", lambda *a, **k: (seen.append(k), real(*a, **k))[1])
     traj = tiny_lab.expert(tiny_expert)
-    cell = {"ipc": 2, "label": LabelSpec(expert_epoch=2), "student": tiny_student, "experts": [traj]}
+    cell = {
+        "set": SetSpec(ipc=2, label=LabelSpec(expert_epoch=2)),
+        "student": tiny_student,
+        "experts": [traj],
+    }
     tiny_lab.evaluate(seeds=[0], **cell)
     tiny_lab.evaluate(seeds=[0, 1], **cell)  # seed 0 is stored: one student left, the decision weighs two
     assert seen[-1] == {"n_jobs": 2, "batch": 8, "steps": planned_steps(tiny_student, 8, 2)}

@@ -45,7 +45,9 @@ def test_same_recipe_is_reused_not_retrained(tmp_path, prepared, tiny_expert, mo
     first = train_expert(prepared, tiny_expert, root=tmp_path)
     import softlabels.experts as ex
 
-    monkeypatch.setattr(ex.F, "cross_entropy", lambda *a, **k: (_ for _ in ()).throw(AssertionError("retrained")))
+    monkeypatch.setattr(
+        ex.F, "cross_entropy", lambda *a, **k: (_ for _ in ()).throw(AssertionError("retrained"))
+    )
     again = train_expert(prepared, tiny_expert, root=tmp_path)
     assert again.key == first.key
     assert find_expert(prepared, tiny_expert, root=tmp_path).key == first.key

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from softlabels.fit import (
+from softlabels.analysis.fit import (
     LOG_LINEAR_FORM,
     SATURATING_FORM,
     LawFit,
@@ -82,7 +82,9 @@ def test_log_linear_exact_and_inverse():
     y = 0.3 + 0.07 * np.log(x)
     fit = fit_log_linear(x, y)
     assert fit.law == "log-linear" and fit.form == LOG_LINEAR_FORM
-    assert fit.params["c"] == pytest.approx(0.3, abs=1e-12) and fit.params["d"] == pytest.approx(0.07, abs=1e-12)
+    assert fit.params["c"] == pytest.approx(0.3, abs=1e-12) and fit.params["d"] == pytest.approx(
+        0.07, abs=1e-12
+    )
     assert fit.r2 == pytest.approx(1.0)
     assert fit.inverse(fit.predict(17.0)) == pytest.approx(17.0)
     flat = fit_log_linear([1, 2, 4], [0.5, 0.5, 0.5])

@@ -1,15 +1,18 @@
 import dataclasses
+import math
 
 import pytest
 
-import softlabels.executor as executor_mod
-from softlabels.baseline import run_baseline, write_baseline_report
-from softlabels.config import LabelSpec, Preset
+import softlabels.engine.executors as executor_mod
+from softlabels.config import LabelSpec
+from softlabels.main_job import run_baseline, write_baseline_report
+from softlabels.presets import Preset
+from softlabels.sets.spec import SetSpec
 
 
 def _preset(tiny_data_spec, tiny_expert, tiny_student):
     return Preset(name="tiny", data=tiny_data_spec, expert=tiny_expert, student=tiny_student, ipcs=(1, 3),
-                  seeds=2, sweep_epochs=(1, 3), sweep_student_epochs=4)
+                  seeds=(0, 1), sweep_epochs=(1, 3), sweep_student_epochs=4)
 
 
 def test_evaluate_stores_and_resumes(tiny_lab, tiny_expert, tiny_student, monkeypatch):
@@ -26,17 +29,25 @@ def test_evaluate_stores_and_resumes(tiny_lab, tiny_expert, tiny_student, monkey
     monkeypatch.setattr(executor_mod, "train_student", counting)
     label = LabelSpec(expert_epoch=2)
     with pytest.raises(KeyboardInterrupt):
-        tiny_lab.evaluate(ipc=2, label=label, student=tiny_student, seeds=[0, 1, 2], experts=[traj])
+        tiny_lab.evaluate(SetSpec(ipc=2, label=label), student=tiny_student, seeds=[0, 1, 2], experts=[traj])
     assert len(tiny_lab.store) == 1
     calls.clear()
-    monkeypatch.setattr(executor_mod, "train_student", lambda *a, **k: (calls.append(k["seed"]), real(*a, **k))[1])
-    res = tiny_lab.evaluate(ipc=2, label=label, student=tiny_student, seeds=[0, 1, 2], experts=[traj])
+    monkeypatch.setattr(
+        executor_mod, "train_student", lambda *a, **k: (calls.append(k["seed"]), real(*a, **k))[1]
+    )
+    res = tiny_lab.evaluate(
+        SetSpec(ipc=2, label=label), student=tiny_student, seeds=[0, 1, 2], experts=[traj]
+    )
     assert calls == [1, 2]  # seed 0 was stored before the interruption
     assert [r["cached"] for r in res] == [True, False, False]
     assert all(0 <= r["metrics"]["test_acc"] <= 1 for r in res)
     calls.clear()
-    again = tiny_lab.evaluate(ipc=2, label=label, student=tiny_student, seeds=[0, 1, 2], experts=[traj])
-    assert calls == [] and [r["metrics"]["test_acc"] for r in again] == [r["metrics"]["test_acc"] for r in res]
+    again = tiny_lab.evaluate(
+        SetSpec(ipc=2, label=label), student=tiny_student, seeds=[0, 1, 2], experts=[traj]
+    )
+    assert calls == [] and [r["metrics"]["test_acc"] for r in again] == [
+        r["metrics"]["test_acc"] for r in res
+    ]
     rec = tiny_lab.store.query(study="baseline")[0]
     assert rec.nbytes == res[0]["nbytes"] > 0 and rec.codec == "raw|fp32"
     assert rec.config["expert_key"] == traj.key and rec.config["protocol"] == "clean"
@@ -44,9 +55,12 @@ def test_evaluate_stores_and_resumes(tiny_lab, tiny_expert, tiny_student, monkey
 
 def test_different_settings_are_different_runs(tiny_lab, tiny_expert, tiny_student):
     traj = tiny_lab.expert(tiny_expert)
-    a = tiny_lab.evaluate(ipc=1, label=LabelSpec(expert_epoch=1), student=tiny_student, seeds=[0], experts=[traj])
-    b = tiny_lab.evaluate(ipc=1, label=LabelSpec(expert_epoch=2), student=tiny_student, seeds=[0], experts=[traj])
-    c = tiny_lab.evaluate(ipc=1, label=LabelSpec(kind="hard", codec="hard"), student=tiny_student, seeds=[0])
+    a = tiny_lab.evaluate(SetSpec(ipc=1, label=LabelSpec(expert_epoch=1)), student=tiny_student, seeds=[0],
+                          experts=[traj])
+    b = tiny_lab.evaluate(SetSpec(ipc=1, label=LabelSpec(expert_epoch=2)), student=tiny_student, seeds=[0],
+                          experts=[traj])
+    c = tiny_lab.evaluate(SetSpec(ipc=1, label=LabelSpec(kind="hard", codec="hard")), student=tiny_student,
+                          seeds=[0])
     keys = {r[0]["config"]["expert_epoch"] for r in (a, b)}
     assert keys == {1, 2} and not c[0]["cached"] and len(tiny_lab.store) == 3
 
@@ -68,20 +82,30 @@ def test_baseline_job_end_to_end_and_report(tiny_lab, tiny_data_spec, tiny_exper
     assert len(tiny_lab.store) == n and [r.mean for r in res2.rows] == [r.mean for r in res.rows]
 
 
-def test_baseline_decides_workers_over_its_whole_sweep_and_grid(tiny_lab, tiny_data_spec, tiny_expert, tiny_student,
-                                                                 monkeypatch):
+def test_baseline_decides_workers_over_its_whole_sweep_and_grid(
+    tiny_lab, tiny_data_spec, tiny_expert, tiny_student, monkeypatch
+):
     import softlabels.lab as lab_mod
 
     seen = []
     real = lab_mod.resolve_workers
-    monkeypatch.setattr(lab_mod, "resolve_workers", lambda *a, **k: (seen.append(k["n_jobs"]), real(*a, **k))[1])
+    monkeypatch.setattr(
+        lab_mod, "resolve_workers", lambda *a, **k: (seen.append(k["n_jobs"]), real(*a, **k))[1]
+    )
     preset = _preset(tiny_data_spec, tiny_expert, tiny_student)
     res = run_baseline(tiny_lab, preset)
     n_candidates = len(next(iter(res.sweep.values())))
-    # one decision for the sweep (IPCs x candidate epochs, one seed each), one for the 2 IPCs x 2 labels x 2 seeds
+    # one decision for the sweep (IPCs x candidate epochs, one seed each), one for 2 IPCs x 2 labels x 2 seeds
     assert seen == [len(preset.ipcs) * n_candidates, len(preset.ipcs) * 2 * 2]
 
 
-def test_preset_student_epochs_by_ipc(tiny_data_spec, tiny_expert, tiny_student):
-    p = dataclasses.replace(_preset(tiny_data_spec, tiny_expert, tiny_student), student_epochs_by_ipc={1: 9})
-    assert p.student_for(1).epochs == 9 and p.student_for(3).epochs == tiny_student.epochs
+def test_preset_student_length_policy(tiny_data_spec, tiny_expert, tiny_student):
+    """One policy for every caller: exact at the anchors, linear in log(IPC) between them, flat beyond."""
+    base = _preset(tiny_data_spec, tiny_expert, tiny_student)
+    assert base.student_for(3).epochs == tiny_student.epochs  # no anchors: the student's own length
+    p = dataclasses.replace(base, student_epochs_by_ipc={1: 300, 10: 150, 50: 50})
+    assert [p.student_for(i).epochs for i in (1, 10, 50)] == [300, 150, 50]
+    assert p.student_for(2).epochs == round(300 - 150 * math.log(2) / math.log(10))  # 255
+    assert p.student_for(20).epochs == round(150 - 100 * math.log(2) / math.log(5))  # 107
+    assert p.student_for(100).epochs == 50 and p.student_for(1).epochs == 300
+    assert p.sweep_student_for(10).epochs == min(150, base.sweep_student_epochs)

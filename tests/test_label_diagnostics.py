@@ -58,7 +58,7 @@ def pairs(draw: st.DrawFn) -> tuple[torch.Tensor, torch.Tensor]:
     return p, draw(stochastic(n=p.shape[0], c=p.shape[1]))
 
 
-# ---------------------------------------------------------------------------------------------- per-row scores
+# --------------------------------------------------------------------------------------------- per-row scores
 
 
 def test_entropy_exact():
@@ -113,7 +113,9 @@ def test_js_distance_properties(pq: tuple[torch.Tensor, torch.Tensor]):
     assert torch.equal(d, js_distance(q, p))
     assert ((d >= 0) & (d <= 1)).all()
     close(js_distance(p, p), torch.zeros(p.shape[0]), atol=1e-7)
-    expected = [jensenshannon(a, b, base=2) for a, b in zip(p.double().numpy(), q.double().numpy(), strict=True)]
+    expected = [
+        jensenshannon(a, b, base=2) for a, b in zip(p.double().numpy(), q.double().numpy(), strict=True)
+    ]
     close(d, np.nan_to_num(expected), atol=1e-6)
     # sub-stochastic rows (top-k without renormalisation) also stay in [0, 1]
     s = js_distance(topk(p, k=1), q)
@@ -174,7 +176,7 @@ def test_summarize_exact():
     assert math.isclose(summarize(topk(P, k=1), Y)["mean_row_sum"], 1.6 / 3, abs_tol=1e-6)
 
 
-# ---------------------------------------------------------------------------------------------- difficulty bins
+# -------------------------------------------------------------------------------------------- difficulty bins
 
 
 def test_difficulty_bins_hand_example():

@@ -2,7 +2,7 @@ import os
 import subprocess
 import sys
 
-from softlabels.perf import allocator_tuned, tune_allocator
+from softlabels.engine.runtime import allocator_tuned, tune_allocator
 
 
 def test_tune_allocator_is_idempotent_and_reports_its_state():
@@ -13,7 +13,7 @@ def test_tune_allocator_is_idempotent_and_reports_its_state():
 
 
 def test_allocator_opt_out_by_environment():
-    code = "from softlabels.perf import tune_allocator; print(tune_allocator())"
+    code = "from softlabels.engine.runtime import tune_allocator; print(tune_allocator())"
     env = dict(os.environ, SOFTLABELS_ALLOCATOR="system")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
@@ -24,8 +24,8 @@ def test_without_a_cxx_compiler_auto_compile_falls_back_to_eager(monkeypatch):
 
     import torch
 
-    import softlabels.perf as perf
-    from softlabels.train import resolve_compile
+    import softlabels.engine.runtime as perf
+    from softlabels.engine.runtime import resolve_compile
 
     monkeypatch.setattr(perf, "_state", {})
     monkeypatch.delenv("CXX", raising=False)

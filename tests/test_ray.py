@@ -11,7 +11,9 @@ import ray
 import torch
 
 from softlabels.config import LabelSpec
-from softlabels.executor import RayExecutor, SerialExecutor, StudentJob, make_executor
+from softlabels.engine.executors import RayExecutor, SerialExecutor, StudentJob, make_executor
+from softlabels.lab import Lab
+from softlabels.sets.spec import SetSpec
 
 RAY_INIT = {"num_cpus": 2, "include_dashboard": False, "log_to_driver": False, "configure_logging": False}
 
@@ -47,7 +49,9 @@ def local_ray():
 
 def test_a_failing_task_raises_its_own_error_here(local_ray, student_jobs, tiny_student):
     ev, jobs = student_jobs(3)
-    bad = StudentJob(jobs[0].images, jobs[0].labels[:, :2] * 5, tiny_student, seed=0)  # rows sum to 5
+    bad = StudentJob(
+        images=jobs[0].images, labels=jobs[0].labels[:, :2] * 5, recipe=tiny_student, seed=0
+    )  # sum 5
     ex = RayExecutor(ev)
     with pytest.raises(ValueError, match="labels"):
         ex.run([bad, *jobs[1:]], lambda job, res: None)
@@ -78,15 +82,25 @@ def test_an_interrupt_in_the_caller_cancels_the_unfinished_tasks(local_ray, stud
 
 
 def test_lab_on_ray_stores_each_student_and_resumes(local_ray, tiny_lab, tiny_expert, tiny_student):
-    lab = dataclasses.replace(tiny_lab, workers="ray")
+    lab = Lab(tiny_lab.out_dir, data=tiny_lab.data, dataset=tiny_lab.dataset, progress=False, workers="ray")
     traj = lab.expert(tiny_expert)
-    cell = {"ipc": 2, "label": LabelSpec(expert_epoch=2), "student": tiny_student, "experts": [traj]}
+    cell = {
+        "set": SetSpec(ipc=2, label=LabelSpec(expert_epoch=2)),
+        "student": tiny_student,
+        "experts": [traj],
+    }
     with lab:
         res = lab.evaluate(seeds=[0, 1], **cell)
         assert [r["cached"] for r in res] == [False, False] and len(lab.store) == 2
         again = lab.evaluate(seeds=[0, 1, 2], **cell)  # only seed 2 trains
         assert [r["cached"] for r in again] == [True, True, False] and len(lab.store) == 3
-    serial = dataclasses.replace(tiny_lab, out_dir=tiny_lab.out_dir.parent / "serial", workers=1)
+    serial = Lab(
+        tiny_lab.out_dir.parent / "serial",
+        data=tiny_lab.data,
+        dataset=tiny_lab.dataset,
+        progress=False,
+        workers=1,
+    )
     here = serial.evaluate(seeds=[0, 1, 2], **{**cell, "experts": [serial.expert(tiny_expert)]})
     assert [r["metrics"]["test_acc"] for r in here] == [r["metrics"]["test_acc"] for r in again]
     assert ray.is_initialized()

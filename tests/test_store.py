@@ -64,7 +64,22 @@ def test_promoted_columns_are_filled_for_sql_users(store: ResultsStore) -> None:
     con = sqlite3.connect(store.path)
     row = con.execute(f"SELECT {', '.join(PROMOTED)} FROM runs WHERE key = ?", (key,)).fetchone()
     con.close()
-    assert row == ("fmnist", "convnet", 10, "abc123", 5, 1.5, "soft", "random", 0, "fixed", 0.5, None, None, 0.6)
+    assert row == (
+        "fmnist",
+        "convnet",
+        10,
+        "abc123",
+        5,
+        1.5,
+        "soft",
+        "random",
+        0,
+        "fixed",
+        0.5,
+        None,
+        None,
+        0.6,
+    )
 
 
 def test_key_stable_across_ordering_and_distinct_for_different_configs() -> None:
@@ -161,7 +176,9 @@ def _writer(path: str, worker: int, n: int, barrier) -> None:
     barrier.wait(timeout=120)  # both processes have imported everything: now write at the same time
     with ResultsStore(path) as s:
         for i in range(n):
-            s.put({"worker": worker, "i": i}, {"test_acc": i / n, "per_class": [i, worker]}, study=f"w{worker}")
+            s.put(
+                {"worker": worker, "i": i}, {"test_acc": i / n, "per_class": [i, worker]}, study=f"w{worker}"
+            )
 
 
 def test_concurrent_writers_from_two_processes(tmp_path: Path) -> None:

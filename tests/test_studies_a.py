@@ -14,15 +14,16 @@ from pathlib import Path
 import pytest
 import torch
 
-import softlabels.executor as executor_mod
-from softlabels.config import DataSpec, ExpertRecipe, LabelSpec, Preset, StudentRecipe
+import softlabels.engine.executors as executor_mod
+from softlabels.cli.common import parse_value
+from softlabels.config import DataSpec, ExpertRecipe, LabelSpec, StudentRecipe
 from softlabels.data.synthetic import make_synthetic
 from softlabels.lab import Lab
+from softlabels.presets import Preset
 from softlabels.registry import UnknownNameError
 from softlabels.studies import STUDIES, run_study
 from softlabels.studies import base as study_base
-from softlabels.studies.cli import parse_value
-from softlabels.studies.knowledge import knowledge_set, pick_subjects, treatment_label
+from softlabels.studies.knowledge import knowledge_spec, pick_subjects
 from softlabels.validation import DataNotFoundError
 
 C = 4
@@ -31,7 +32,7 @@ TINY = Preset(
     name="tiny", data=DATA,
     expert=ExpertRecipe(model="convnet-d3", width=8, epochs=3, train_images=200, precision="fp32"),
     student=StudentRecipe(model="convnet-d3", width=8, epochs=5, precision="fp32", compile="off"),
-    ipcs=(1, 2), seeds=2, sweep_epochs=(1, 3), sweep_student_epochs=3,
+    ipcs=(1, 2), seeds=(0, 1), sweep_epochs=(1, 3), sweep_student_epochs=3,
 )
 # study name -> the tiny grid each test run uses
 OPTIONS = {
@@ -160,10 +161,13 @@ def test_knowledge_set_builders(ran):
     lab, _ = ran
     expert = lab.expert(TINY.expert)
     label = LabelSpec(kind="soft", expert_epoch=2)
-    kw = dict(ipc=3, label=label, experts=[expert], seed=0)
-    control = knowledge_set(lab.prepared, subject=1, treatment="control", **kw)
-    images = knowledge_set(lab.prepared, subject=1, treatment="remove-images", **kw)
-    know = knowledge_set(lab.prepared, subject=1, treatment="remove-knowledge", **kw)
+    def knowledge_set(*, subject, treatment, renorm=False):
+        spec = knowledge_spec(label, ipc=3, image_seed=0, subject=subject, treatment=treatment, renorm=renorm)
+        return lab.build_set(spec, experts=[expert])
+
+    control = knowledge_set(subject=1, treatment="control")
+    images = knowledge_set(subject=1, treatment="remove-images")
+    know = knowledge_set(subject=1, treatment="remove-knowledge")
     keep = control.targets != 1
     # remove-images: no subject images; the others keep their labels, including mass on the subject column
     assert len(images) == 3 * (C - 1) and not (images.targets == 1).any()
@@ -177,14 +181,17 @@ def test_knowledge_set_builders(ran):
     others = [c for c in range(C) if c != 1]
     assert torch.allclose(know.labels[:, others], control.labels[:, others])
     assert (know.labels[keep].sum(1) < 1).all()
-    renormed = knowledge_set(lab.prepared, subject=1, treatment="remove-knowledge", renorm=True, **kw)
+    renormed = knowledge_set(subject=1, treatment="remove-knowledge", renorm=True)
     assert torch.allclose(renormed.labels.sum(1), torch.ones(len(renormed)), atol=1e-5)
-    spec = treatment_label(label, subject=2, treatment="remove-knowledge")
-    assert spec.transform == "remove-class:cls=2,renorm=0"
+    spec = knowledge_spec(label, ipc=3, image_seed=0, subject=2, treatment="remove-knowledge")
+    assert spec.label.transform == "remove-class:cls=2,renorm=0" and spec.treatment == "none"
+    assert knowledge_spec(label, ipc=3, image_seed=0, subject=2, treatment="remove-images").treatment == \
+        "drop-class:cls=2"
     with pytest.raises(ValueError, match="treatment"):
-        knowledge_set(lab.prepared, subject=1, treatment="remove-all", **kw)
-    with pytest.raises(ValueError, match="subject"):
-        knowledge_set(lab.prepared, subject=C, treatment="control", **kw)
+        knowledge_set(subject=1, treatment="remove-all")
+    for t in ("remove-images", "remove-knowledge"):
+        with pytest.raises(ValueError, match="cls must be in"):
+            knowledge_set(subject=C, treatment=t)
 
 
 def test_pick_subjects_spreads_over_difficulty():
@@ -201,6 +208,8 @@ def test_pick_subjects_spreads_over_difficulty():
 @pytest.mark.parametrize("name, opts, err", [
     ("expert-epoch", {"epochs": [1, 9]}, ValueError),
     ("expert-epoch", {"seeds": 0}, ValueError),
+    ("expert-epoch", {"seeds": 2}, TypeError),  # a count: seeds are named, e.g. range(2)
+    ("expert-epoch", {"seeds": [0, 0]}, ValueError),
     ("expert-epoch", {"ipcs": []}, TypeError),
     ("expert-epoch", {"scale": "huge"}, ValueError),
     ("temperature", {"temperatures": [2, 3]}, ValueError),

@@ -12,28 +12,29 @@ import math
 import pytest
 import torch
 
-import softlabels.executor as executor_mod
-import softlabels.studies.selection_study as selection_module
-from softlabels.config import DataSpec, ExpertRecipe, LabelSpec, Preset, StudentRecipe
+import softlabels.engine.executors as executor_mod
+from softlabels.config import DataSpec, ExpertRecipe, LabelSpec, StudentRecipe
 from softlabels.data.synthetic import make_synthetic
 from softlabels.lab import Lab
 from softlabels.labels.diagnostics import difficulty_bins
+from softlabels.presets import Preset
+from softlabels.sets.selection import difficulty_scores
+from softlabels.sets.spec import SetSpec
 from softlabels.studies import STUDIES, run_study
 from softlabels.studies import base as study_base
 from softlabels.studies.ensemble import compare_labels
 from softlabels.studies.scaling import IMAGE_SEED_BASE, label_for_k
-from softlabels.studies.selection_study import difficulty_scores
 
 C = 4
 TINY = Preset(
     name="tiny-test", data=DataSpec(name="synthetic", val_fraction=0.2),
     expert=ExpertRecipe(model="convnet-d3", width=8, epochs=3, train_images=200, precision="fp32"),
     student=StudentRecipe(model="convnet-d3", width=8, epochs=5, precision="fp32", compile="off"),
-    ipcs=(1, 2), seeds=1, sweep_epochs=(1, 3), sweep_student_epochs=5,
+    ipcs=(1, 2), seeds=(0,), sweep_epochs=(1, 3), sweep_student_epochs=5,
 )
-SCALING = dict(ipcs=[1, 2, 4], ks=[0, 1, 2, C], epochs=[1, 3], frontier_epochs=[1, 2, 3], seeds=1)
-ENSEMBLE = dict(n=2, ipcs=[1, 2], expert_epoch=2, seeds=1)
-SELECTION = dict(ipcs=[1, 2], bins=[0, 1, 3], num_bins=4, seeds=1, expert_epoch=2)
+SCALING = dict(ipcs=[1, 2, 4], ks=[0, 1, 2, C], epochs=[1, 3], frontier_epochs=[1, 2, 3], seeds=[0])
+ENSEMBLE = dict(n=2, ipcs=[1, 2], expert_epoch=2, seeds=[0])
+SELECTION = dict(ipcs=[1, 2], bins=[0, 1, 3], num_bins=4, seeds=[0], expert_epoch=2)
 
 
 def finite(v) -> bool:
@@ -60,14 +61,19 @@ def ensemble(lab):
 @pytest.fixture(scope="module")
 def selection(lab):
     captured: list[tuple[int, torch.Tensor]] = []
-    real = selection_module.build_compressed_set
+    real = lab.build_set
+    pool_position = {int(d): p for p, d in enumerate(lab.prepared.train_idx.tolist())}
 
-    def spy(prepared, **kw):
-        captured.append((kw["ipc"], kw["positions"].clone()))
-        return real(prepared, **kw)
+    def spy(spec, **kw):  # the pool positions of every bin-selected set the study builds
+        cset = real(spec, **kw)
+        if spec.selection.startswith("ce-bin"):
+            captured.append(
+                (spec.ipc, torch.tensor([pool_position[d] for d in cset.manifest["source_indices"]]))
+            )
+        return cset
 
     mp = pytest.MonkeyPatch()
-    mp.setattr(selection_module, "build_compressed_set", spy)
+    mp.setattr(lab, "build_set", spy)
     try:
         result = run_study("selection", lab, preset=TINY, **SELECTION)
     finally:
@@ -90,7 +96,7 @@ def test_registered():
         assert name in STUDIES
 
 
-# ---- scaling ------------------------------------------------------------------------------------------------
+# --- scaling ------------------------------------------------------------------------------------------------
 
 
 def test_scaling_rows_cover_grid(lab, scaling):
@@ -100,7 +106,7 @@ def test_scaling_rows_cover_grid(lab, scaling):
     expected |= {(e, C, i) for e in SCALING["frontier_epochs"] for i in SCALING["ipcs"]}
     assert cells == expected and len(scaling.rows) == len(expected)
     for r in scaling.rows:
-        assert finite(r["mean"]) and finite(r["std"]) and r["n"] == 1 and r["nbytes"] > 0
+        assert finite(r["test_mean"]) and finite(r["test_std"]) and r["n"] == 1 and r["nbytes"] > 0
     check_outputs(lab, scaling, "scaling")
 
 
@@ -114,21 +120,20 @@ def test_scaling_k0_is_hard_and_kC_is_full(lab, scaling, monkeypatch):
             assert r["transform"] == f"topk:k={r['k']},renorm=0"
     assert label_for_k(C, epoch=2, num_classes=C) == LabelSpec(kind="soft", expert_epoch=2)
     assert label_for_k(0, epoch=2, num_classes=C) == LabelSpec(kind="hard", codec="hard")
-    # the stored k = C / k = 0 cells ARE the plain full-label / hard-label runs: asking for those is a cache hit
+    # the stored k = C / k = 0 cells ARE the plain full-label / hard-label runs: asking for them is a hit
     monkeypatch.setattr(executor_mod, "train_student", _no_training)
     expert = lab.expert(TINY.expert)
     for label in (LabelSpec(kind="soft", expert_epoch=3), LabelSpec(kind="hard", codec="hard")):
-        res = lab.evaluate(ipc=2, label=label, student=TINY.student, seeds=[0], experts=[expert],
-                           image_seed=IMAGE_SEED_BASE + 2, study="scaling")
+        res = lab.evaluate(SetSpec(ipc=2, label=label, image_seed=IMAGE_SEED_BASE + 2), student=TINY.student,
+                           seeds=[0], experts=[expert], study="scaling")
         assert res[0]["cached"]
 
 
 def test_scaling_topk_labels_keep_k_entries(lab):
-    from softlabels.distill import build_compressed_set
-
     expert = lab.expert(TINY.expert)
-    cset = build_compressed_set(lab.prepared, ipc=2, label=label_for_k(2, epoch=3, num_classes=C),
-                                experts=[expert], seed=1)
+    cset = lab.build_set(
+        SetSpec(ipc=2, label=label_for_k(2, epoch=3, num_classes=C), image_seed=1), experts=[expert]
+    )
     assert ((cset.labels > 0).sum(1) <= 2).all() and (cset.labels.sum(1) <= 1 + 1e-6).all()
 
 
@@ -157,13 +162,13 @@ def test_scaling_rejects_bad_options(lab):
         run_study("scaling", lab, scale="huge", preset=TINY)
 
 
-# ---- ensemble -----------------------------------------------------------------------------------------------
+# --- ensemble -----------------------------------------------------------------------------------------------
 
 
 def test_ensemble_rows_and_labels(lab, ensemble):
     rows = ensemble.rows
     assert {(r["ipc"], r["labels"]) for r in rows} == {(i, s) for i in (1, 2) for s in ("single", "ensemble")}
-    assert all(finite(r["mean"]) and r["expert_epoch"] == 2 for r in rows)
+    assert all(finite(r["test_mean"]) and r["expert_epoch"] == 2 for r in rows)
     assert {r["n_experts"] for r in rows} == {1, 2}
     # the extra member is trained only to the epoch used; the shared expert keeps its full trajectory
     assert ensemble.summary["member_epochs_trained"] == [3, 2]
@@ -180,9 +185,9 @@ def test_ensemble_rows_and_labels(lab, ensemble):
 def test_ensemble_of_one_is_the_single_expert(lab, ensemble):
     from softlabels.studies.ensemble import study_ensemble
 
-    res = study_ensemble(lab, scale="quick", preset=TINY, n=1, ipcs=[1], expert_epoch=2, seeds=1)
+    res = study_ensemble(lab, scale="quick", preset=TINY, n=1, ipcs=[1], expert_epoch=2, seeds=[0])
     single, ens = (next(r for r in res.rows if r["labels"] == s) for s in ("single", "ensemble"))
-    assert single["mean"] == ens["mean"] and ens["delta"] == 0.0
+    assert single["test_mean"] == ens["test_mean"] and ens["delta"] == 0.0
     for r in res.summary["labels_by_epoch"]:
         assert r["jsd_mean"] == 0.0 and r["argmax_agreement"] == 1.0
     p = torch.softmax(torch.randn(20, C), 1)
@@ -195,7 +200,7 @@ def test_ensemble_rejects_bad_n(lab):
         run_study("ensemble", lab, preset=TINY, n=0, ipcs=[1], expert_epoch=1)
 
 
-# ---- selection ----------------------------------------------------------------------------------------------
+# --- selection ----------------------------------------------------------------------------------------------
 
 
 def test_selection_rows(lab, selection):
@@ -204,7 +209,12 @@ def test_selection_rows(lab, selection):
     keys = {(r["ipc"], r["bin"]) for r in rows}
     assert keys == {(i, b) for i in (1, 2) for b in (None, 0, 1, 3)}
     for r in rows:
-        assert finite(r["mean"]) and finite(r["rel_change"]) and r["expert_epoch"] == 2 and r["score_epoch"] == 2
+        assert (
+            finite(r["test_mean"])
+            and finite(r["rel_change"])
+            and r["expert_epoch"] == 2
+            and r["score_epoch"] == 2
+        )
     assert all(r["rel_change"] == 0.0 for r in rows if r["bin"] is None)
     assert set(result.summary["relative_change"]) == {"1", "2"}
     check_outputs(lab, result, "selection")
@@ -213,7 +223,7 @@ def test_selection_rows(lab, selection):
 def test_selection_bins_hold_only_their_images(lab, selection):
     result, captured = selection
     expert = lab.expert(TINY.expert)
-    scores = difficulty_scores(lab, expert, 2)
+    scores = difficulty_scores(lab.prepared, expert, 2)
     targets = lab.prepared.train_targets
     bins = difficulty_bins(scores, targets, num_bins=4, num_classes=C)
     # bin order of the evaluate calls: per IPC, bins 0, 1, 3 (one repetition each)
@@ -225,8 +235,8 @@ def test_selection_bins_hold_only_their_images(lab, selection):
             assert mine.numel() == ipc
             s_bin = scores[bins[c][b]]
             assert (scores[mine] >= s_bin.min()).all() and (scores[mine] <= s_bin.max()).all()
-    # the score is -log p_y of the expert's probabilities (not -log softmax(probabilities)_y as in the reference)
-    from softlabels.distill import label_images
+    # the score is -log p_y of the expert's probabilities (not -log softmax(probabilities)_y, the reference's)
+    from softlabels.labels.generate import label_images
 
     probs = label_images(lab.prepared, torch.arange(targets.numel()), LabelSpec(kind="soft", expert_epoch=2),
                          [expert])
@@ -240,7 +250,7 @@ def test_selection_rejects_bad_bins(lab):
         run_study("selection", lab, preset=TINY, ipcs=[1], bins=[4], num_bins=4, expert_epoch=1)
 
 
-# ---- labels -------------------------------------------------------------------------------------------------
+# --- labels -------------------------------------------------------------------------------------------------
 
 
 def test_labels_study(lab, monkeypatch):
@@ -269,7 +279,7 @@ def test_labels_study(lab, monkeypatch):
     assert small.rows[0]["images"] == 2 * C and small.summary["detail"]["images"] == 2 * C
 
 
-# ---- resumption ---------------------------------------------------------------------------------------------
+# --- resumption ---------------------------------------------------------------------------------------------
 
 
 def _no_training(*args, **kwargs):

@@ -1,8 +1,13 @@
-"""Frozen dataclass configs: the single source of truth, written beside every artifact and result."""
+"""Frozen dataclass configs: the single source of truth, written beside every artifact and result.
+
+``DataSpec`` (which data, how it is split), ``ExpertRecipe`` (how a teacher trains), ``LabelSpec`` (how a set
+is labelled) and ``StudentRecipe`` (how a student trains). Presets that bundle them live in
+:mod:`softlabels.presets`.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from .validation import check_choice, check_fraction, check_positive_float, check_positive_int
@@ -10,6 +15,24 @@ from .validation import check_choice, check_fraction, check_positive_float, chec
 PROTOCOLS = ("clean", "paper")
 OPTIMIZERS = ("sgd", "adamw")
 PRECISIONS = ("fp32", "bf16", "auto")
+LABEL_KINDS = ("soft", "hard")
+
+#: What each protocol's number means: printed beside every table.
+PROTOCOL_NOTES = {
+    "clean": (
+        "clean protocol: expert trained on the training split minus a held-out validation split; every "
+        "choice made on validation accuracy; reported numbers are test accuracy at the final student "
+        "epoch, mean ± std over student seeds"
+    ),
+    "paper": (
+        "paper protocol (the reference code's): max test accuracy over checkpoints every 200 epochs and "
+        "at the end; it selects on the test set and is optimistic"
+    ),
+}
+
+
+def describe_protocol(protocol: str) -> str:
+    return PROTOCOL_NOTES[check_choice("protocol", protocol, PROTOCOLS)]
 
 
 class _Config:
@@ -28,7 +51,7 @@ class _Config:
         return cls(**d)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class DataSpec(_Config):
     """Which dataset and how its training split is carved into train / validation."""
 
@@ -44,7 +67,7 @@ class DataSpec(_Config):
             check_positive_int("train_subset", self.train_subset)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ExpertRecipe(_Config):
     """How an expert (teacher) is trained on hard labels; a checkpoint is kept after every epoch.
 
@@ -72,13 +95,14 @@ class ExpertRecipe(_Config):
         check_positive_float("weight_decay", self.weight_decay, allow_zero=True)
         check_positive_int("batch_size", self.batch_size)
         check_choice("precision", self.precision, PRECISIONS)
+        check_positive_int("seed", self.seed, minimum=0)
         if self.width is not None:
             check_positive_int("width", self.width)
         if self.train_images is not None:
             check_positive_int("train_images", self.train_images)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class LabelSpec(_Config):
     """How a compressed set is labelled.
 
@@ -86,6 +110,7 @@ class LabelSpec(_Config):
     or "hard" (class indices). ``ensemble`` > 1 averages the logits of that many experts (seeds
     ``seed, seed+1, ...``). ``transform`` is a label-transform spec (e.g. "topk:k=3").
     ``codec`` is how labels are stored (e.g. "fp32", "fp16", "topk:k=2,values=fp16", "hard").
+    Transform and codec are kept in canonical form, so equal labels have equal specs.
     """
 
     kind: str = "soft"
@@ -96,23 +121,26 @@ class LabelSpec(_Config):
     codec: str = "fp32"
 
     def __post_init__(self) -> None:
-        check_choice("label kind", self.kind, ("soft", "hard"))
+        from .labels.transforms import parse_transform
+        from .sets.codecs import label_codec
+
+        check_choice("label kind", self.kind, LABEL_KINDS)
         check_positive_float("temperature", self.temperature)
         check_positive_int("ensemble", self.ensemble)
         if self.expert_epoch is not None:
             check_positive_int("expert_epoch", self.expert_epoch, minimum=0)
+        object.__setattr__(self, "transform", parse_transform(self.transform).spec)
+        object.__setattr__(self, "codec", label_codec(self.codec).spec)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class StudentRecipe(_Config):
     """How students are trained on a compressed set (paper §6).
 
-    ``loop="reference"`` trains with a re-creation of the reference code's loop (DataLoader, fp32,
-    eager; SGD only) instead of softlabels' engine: a baseline for measuring speed, not for use.
-
     SGD: momentum 0.9, weight decay 5e-4, StepLR(epochs // 4, 0.3). AdamW: weight decay 0.01, cosine.
     Cross-entropy with probability targets, DSA on every batch, batch 256. ``eval_every`` is the
-    paper protocol's test-checkpoint interval (200).
+    paper protocol's test-checkpoint interval (200). ``compile`` and nothing else is a speed switch that
+    leaves results equal (it is not part of a run's identity).
     """
 
     model: str = "convnet-d3"
@@ -127,13 +155,12 @@ class StudentRecipe(_Config):
     eval_every: int = 200
     precision: str = "auto"
     compile: str = "auto"
-    loop: str = "fast"
 
     def __post_init__(self) -> None:
         check_positive_int("epochs", self.epochs)
         check_positive_float("lr", self.lr)
         check_choice("optimizer", self.optimizer, OPTIMIZERS)
-        check_choice("loop", self.loop, ("fast", "reference"))
+        check_positive_float("momentum", self.momentum, allow_zero=True)
         check_positive_int("batch_size", self.batch_size)
         check_positive_int("eval_every", self.eval_every)
         check_choice("precision", self.precision, PRECISIONS)
@@ -149,94 +176,13 @@ class StudentRecipe(_Config):
             return self.weight_decay
         return 5e-4 if self.optimizer == "sgd" else 0.01
 
+    @property
+    def model_name(self) -> str:
+        """The model and its width as one name, e.g. ``convnet-d3-w32``."""
+        return self.model if self.width is None else f"{self.model}-w{self.width}"
+
     def identity(self) -> dict[str, Any]:
         """The fields that change results (speed switches that keep results equal are excluded)."""
         d = self.to_dict()
         d.pop("compile")
         return d
-
-
-@dataclass(frozen=True)
-class Preset:
-    """A named bundle of settings for ``softlabels run`` and the studies."""
-
-    name: str
-    data: DataSpec
-    expert: ExpertRecipe
-    student: StudentRecipe
-    ipcs: tuple[int, ...] = (1, 10, 50)
-    seeds: int = 3
-    sweep_epochs: tuple[int, ...] = ()
-    sweep_student_epochs: int | None = None
-    student_epochs_by_ipc: dict[int, int] = field(default_factory=dict)
-    sweep_epochs_by_ipc: dict[int, int] = field(default_factory=dict)
-    description: str = ""
-
-    def student_for(self, ipc: int) -> StudentRecipe:
-        e = self.student_epochs_by_ipc.get(ipc)
-        return self.student if e is None else self.student.replace(epochs=e)
-
-    def sweep_student_for(self, ipc: int) -> StudentRecipe:
-        """The (shorter) student used to choose the expert epoch on validation."""
-        r = self.student_for(ipc)
-        e = self.sweep_epochs_by_ipc.get(ipc, self.sweep_student_epochs)
-        return r if e is None else r.replace(epochs=min(r.epochs, e))
-
-
-PRESETS: dict[str, Preset] = {}
-
-
-def register_preset(p: Preset) -> Preset:
-    PRESETS[p.name] = p
-    return p
-
-
-register_preset(Preset(
-    name="default",
-    data=DataSpec(),
-    expert=ExpertRecipe(model="convnet-d3", width=32, epochs=10, train_images=10000, momentum=0.9,
-                        precision="auto"),
-    student=StudentRecipe(model="convnet-d3", width=32, epochs=300),
-    ipcs=(1, 10, 50),
-    seeds=3,
-    sweep_epochs=(1, 3, 10),
-    sweep_student_epochs=150,
-    student_epochs_by_ipc={1: 300, 10: 150, 50: 50},
-    sweep_epochs_by_ipc={1: 150, 10: 100, 50: 25},
-    description="CPU: width-32 ConvNet-3; a 10-epoch expert (10k images per epoch, SGD momentum 0.9, bf16 "
-                "where native); short students (300/150/50 epochs at IPC 1/10/50)",
-))
-
-register_preset(Preset(
-    name="paper",
-    data=DataSpec(),
-    expert=ExpertRecipe(model="convnet-d3", epochs=50),
-    student=StudentRecipe(model="convnet-d3", epochs=3000),
-    ipcs=(1, 10, 50),
-    seeds=5,
-    sweep_epochs=(1, 2, 3, 5, 8, 13, 20, 30, 50),
-    sweep_student_epochs=1000,
-    description="The paper's settings (width 128, 3000 student epochs, 5 seeds): for GPUs",
-))
-
-register_preset(Preset(
-    name="smoke",
-    data=DataSpec(train_subset=3000, val_fraction=0.1),
-    expert=ExpertRecipe(model="convnet-d3", width=32, epochs=3, train_images=2000, precision="fp32"),
-    student=StudentRecipe(model="convnet-d3", width=32, epochs=30),
-    ipcs=(1, 5),
-    seeds=2,
-    sweep_epochs=(1, 3),
-    sweep_student_epochs=20,
-    description="Seconds-long end-to-end check of the whole pipeline",
-))
-
-
-def get_preset(name: str) -> Preset:
-    if name not in PRESETS:
-        import difflib
-
-        close = difflib.get_close_matches(name, list(PRESETS), n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"unknown preset {name!r}.{hint} Valid presets: {', '.join(sorted(PRESETS))}")
-    return PRESETS[name]

@@ -18,14 +18,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import __version__
 from .config import ExpertRecipe
 from .data.prepared import PreparedData
+from .engine.evaluation import accuracy, predict
+from .engine.runtime import autocast_ctx, resolve_device, resolve_precision, tune_allocator
 from .io import config_hash, load_tensors, read_json, save_tensors, write_json
-from .models import get_model_spec
-from .perf import tune_allocator
-from .train import accuracy, autocast_ctx, init_model, predict, resolve_device, resolve_precision
+from .models import get_model_spec, init_model
 from .validation import CorruptFileError, DataNotFoundError
+from .version import __version__
 
 EpochCallback = Callable[[int, dict], None]
 
@@ -149,7 +149,9 @@ def train_expert(prepared: PreparedData, recipe: ExpertRecipe, *, root: str | Pa
             "image_size": list(ds.image_shape[1:]), "seed": recipe.seed, "device": str(dev),
             "precision": "bf16" if amp is not None else "fp32", "epochs_done": 0, "history": [],
         }
-        save_tensors(path / "epoch_0000.safetensors", model.state_dict(), metadata={"expert": key, "epoch": "0"})
+        save_tensors(
+            path / "epoch_0000.safetensors", model.state_dict(), metadata={"expert": key, "epoch": "0"}
+        )
         manifest["history"].append(evaluate(float("nan"), 0.0, 0))
         write_json(path / "manifest.json", manifest)
         start = 0

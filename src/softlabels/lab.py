@@ -1,25 +1,25 @@
 """The workflow facade: one output folder holding experts, compressed sets and the results store.
 
-``Lab`` ties the pure parts together. Every student run goes through :meth:`Lab.evaluate`, which keys
-the run by its full config, skips what the store already holds (so interrupted studies resume) and
-stores what it computes, with the compressed set's codec and measured bytes.
+``Lab`` ties the pure parts together. Every student run goes through :meth:`Lab.evaluate_many`, which keys
+the run by values only (the set's :class:`~softlabels.sets.spec.SetSpec`, the student recipe, the seed, the
+protocol, the data split and the study), skips what the store already holds (so interrupted studies resume)
+and stores what it computes, with the set's codecs and measured bytes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from . import __version__
-from .compressed import CompressedSet
-from .config import DataSpec, ExpertRecipe, LabelSpec, StudentRecipe
+from .config import PROTOCOLS, DataSpec, ExpertRecipe, StudentRecipe
 from .data.prepared import PreparedData, prepare_data
-from .distill import build_compressed_set
-from .executor import (
+from .engine.evaluation import EvalSets
+from .engine.executors import (
     PARALLEL_MAX_BATCH,
     StudentJob,
     check_workers,
@@ -27,66 +27,91 @@ from .executor import (
     make_executor,
     resolve_workers,
 )
+from .engine.loop import StudentResult
+from .engine.runtime import Engine, planned_steps, resolve_compile, resolve_device
 from .experts import Trajectory, train_expert
+from .labels.generate import LogitCache
+from .sets.compressed import CompressedSet
+from .sets.spec import SetSpec
 from .store import ResultsStore
-from .train import EvalSets, StudentResult, planned_steps, resolve_compile, resolve_device
+from .validation import check_choice, check_positive_int
+from .version import __version__
 
-Progress = Callable[[str, int, int], None]
+__all__ = ["CellSpec", "Lab"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class CellSpec:
-    """One :meth:`Lab.evaluate` call as a value (for :meth:`Lab.evaluate_many`): the students of ``seeds``
-    on the set for (``ipc``, ``label``, ``image_seed``)."""
+    """One cell of a study as a value: the students of ``seeds`` on the set named by ``set``.
 
-    ipc: int
-    label: LabelSpec
+    ``experts`` are the experts the set may read (labels, selection); ``given`` is the user's set for a
+    file source (``SetSpec.of_set``). ``eval_classes`` adds the accuracy on those classes' test images.
+    """
+
+    set: SetSpec
     student: StudentRecipe
     seeds: tuple[int, ...]
     experts: tuple[Trajectory, ...] = ()
-    image_seed: int = 0
     protocol: str = "clean"
     study: str = "baseline"
-    extra: dict | None = None
-    make_set: Callable[[], CompressedSet] | None = None
     eval_classes: tuple[int, ...] | None = None
-    image_codec: str = "raw"
+    given: CompressedSet | None = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
-        object.__setattr__(self, "experts", tuple(self.experts))
-        if self.eval_classes is not None:
-            object.__setattr__(self, "eval_classes", tuple(self.eval_classes))
-        if not self.seeds:
+        if not isinstance(self.set, SetSpec):
+            raise TypeError(f"CellSpec.set must be a SetSpec, got {type(self.set).__name__}")
+        if isinstance(self.seeds, int) or not isinstance(self.seeds, Sequence):
+            raise TypeError(f"seeds must be a sequence of student seeds, e.g. (0, 1, 2), got {self.seeds!r}")
+        seeds = tuple(check_positive_int("seed", s, minimum=0) for s in self.seeds)
+        if not seeds:
             raise ValueError("a cell needs at least one student seed, e.g. seeds=(0, 1, 2)")
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"seeds must be distinct, got {list(seeds)}")
+        object.__setattr__(self, "seeds", seeds)
+        object.__setattr__(self, "experts", tuple(self.experts))
+        check_choice("protocol", self.protocol, PROTOCOLS)
+        if self.eval_classes is not None:
+            object.__setattr__(self, "eval_classes", tuple(int(c) for c in self.eval_classes))
+        if (self.given is None) != (self.set.source == "pool"):
+            raise ValueError("given= is required with a file source (SetSpec.of_set) and only then")
 
 
-@dataclass
 class Lab:
-    """``Lab(out_dir, data=DataSpec(...))``: construction only stores settings; work happens in calls."""
+    """``Lab(out_dir, data=DataSpec(...))``: construction only stores settings; work happens in calls.
 
-    out_dir: Path
-    data: DataSpec = field(default_factory=DataSpec)
-    device: str = "cpu"
-    root: str | None = None
-    dataset: object | None = None
-    progress: bool = True
-    workers: int | str = "auto"  # where students train (softlabels.executor): "auto", N processes or "ray"
-    _prepared: PreparedData | None = field(default=None, repr=False)
-    _store: ResultsStore | None = field(default=None, repr=False)
-    _evals: EvalSets | None = field(default=None, repr=False)
-    _executors: dict = field(default_factory=dict, repr=False)
+    ``workers`` is where students train: ``"auto"`` (parallel processes only where measured to pay), a
+    number of local processes, ``"ray"``, or an executor object (``run(jobs, on_result, on_epoch=)`` and
+    ``close()``, see :mod:`softlabels.engine.executors`).
+    """
 
-    def __post_init__(self) -> None:
-        self.out_dir = Path(self.out_dir)
-        self.device = str(resolve_device(self.device))
-        check_workers_device(check_workers(self.workers), self.device)
+    def __init__(self, out_dir: str | Path, *, data: DataSpec | None = None, device: str = "cpu",
+                 root: str | Path | None = None, dataset=None, progress: bool = True,
+                 workers: int | str | Any = "auto") -> None:
+        self.out_dir = Path(out_dir)
+        self.data = data if data is not None else DataSpec()
+        if not isinstance(self.data, DataSpec):
+            raise TypeError(f"data must be a DataSpec, got {type(self.data).__name__}")
+        self.device = str(resolve_device(device))
+        self.root, self.dataset, self.progress = root, dataset, progress
+        self.workers = workers if hasattr(workers, "run") else check_workers(workers)
+        if not hasattr(workers, "run"):
+            check_workers_device(self.workers, self.device)
+        self.engine = Engine()  # compiled graphs of the students trained in this process
+        self.logits = LogitCache()  # expert logits of pool images, shared by the sets built here
+        self._prepared: PreparedData | None = None
+        self._store: ResultsStore | None = None
+        self._evals: EvalSets | None = None
+        self._executors: dict = {}
+
+    def __repr__(self) -> str:
+        return (f"Lab({str(self.out_dir)!r}, data={self.data!r}, device={self.device!r}, "
+                f"workers={self.workers!r})")
 
     # ---- lazily built parts -------------------------------------------------------------------------
     @property
     def prepared(self) -> PreparedData:
         if self._prepared is None:
-            self._prepared = prepare_data(self.data, root=self.root, dataset=self.dataset)  # type: ignore[arg-type]
+            self._prepared = prepare_data(self.data, root=self.root, dataset=self.dataset)
         return self._prepared
 
     @property
@@ -102,7 +127,7 @@ class Lab:
             self._evals = EvalSets.from_prepared(self.prepared, device=self.device)
         return self._evals
 
-    # ---- experts ------------------------------------------------------------------------------------
+    # ---- experts and sets ---------------------------------------------------------------------------
     def expert(self, recipe: ExpertRecipe, *, on_epoch=None) -> Trajectory:
         """Train, resume or reuse the expert for ``recipe``."""
         with self._bar(f"expert {recipe.model} seed {recipe.seed}", recipe.epochs) as tick:
@@ -115,61 +140,78 @@ class Lab:
 
     def experts(self, recipe: ExpertRecipe, n: int) -> list[Trajectory]:
         """``n`` experts with seeds ``recipe.seed, recipe.seed + 1, ...`` (for ensembles)."""
-        return [self.expert(recipe.replace(seed=recipe.seed + i)) for i in range(n)]
+        return [self.expert(recipe.replace(seed=recipe.seed + i)) for i in range(check_positive_int("n", n))]
 
-    # ---- students -----------------------------------------------------------------------------------
-    def run_config(self, *, study: str, ipc: int, label: LabelSpec, student: StudentRecipe, seed: int,
-                   image_seed: int, protocol: str, experts: Sequence[Trajectory], extra: dict | None = None,
-                   image_codec: str = "raw") -> dict:
-        used = [t.key for t in experts[: label.ensemble]] if label.kind == "soft" else []
+    def build_set(self, spec: SetSpec, *, experts: Sequence[Trajectory] = (),
+                  given: CompressedSet | None = None) -> CompressedSet:
+        """The set named by ``spec`` on this lab's data (``given``: the user's set of a file source)."""
+        if given is not None:
+            self.check_compatible(given)
+        return spec.build(self.prepared, experts=experts, device=self.device, cache=self.logits, given=given)
+
+    def check_compatible(self, cset: CompressedSet, *, name: str = "the set") -> None:
+        """A set from elsewhere must have this dataset's classes and image shape."""
+        ds = self.prepared.dataset
+        if cset.num_classes != ds.num_classes:
+            raise ValueError(f"{name} has {cset.num_classes} classes but {ds.name} has {ds.num_classes}")
+        if tuple(cset.images.shape[1:]) != ds.image_shape:
+            raise ValueError(f"{name} images are {tuple(cset.images.shape[1:])} but {ds.name} images are "
+                             f"{ds.image_shape}")
+
+    # ---- run identity -------------------------------------------------------------------------------
+    def run_config(self, cell: CellSpec, seed: int) -> dict[str, Any]:
+        """The identity of one student run, built from values only; its hash is the run's key."""
         return {
-            "study": study, "dataset": self.prepared.dataset.name, "data": self.data.to_dict(),
-            "split_key": self.prepared.split_key(), "ipc": ipc, "image_seed": image_seed,
-            "label": label.to_dict(), "expert_key": ",".join(used),
-            "expert_epoch": label.expert_epoch if label.kind == "soft" else None,
-            "temperature": label.temperature, "codec": label.codec, "image_codec": image_codec,
-            "selection": "random",
-            "model": student.model if student.width is None else f"{student.model}-w{student.width}",
-            "student": student.identity(), "seed": seed, "protocol": protocol, **(extra or {}),
+            "study": cell.study, "dataset": self.prepared.dataset.name, "data": self.data.to_dict(),
+            "split_key": self.prepared.split_key(), **cell.set.identity(cell.set.experts_used(cell.experts)),
+            "model": cell.student.model_name, "student": cell.student.identity(), "seed": int(seed),
+            "protocol": cell.protocol,
         }
 
-    def evaluate(self, *, ipc: int, label: LabelSpec, student: StudentRecipe, seeds: Sequence[int],
-                 experts: Sequence[Trajectory] = (), image_seed: int = 0, protocol: str = "clean",
-                 study: str = "baseline", extra: dict | None = None,
-                 make_set: Callable[[], CompressedSet] | None = None,
-                 eval_classes: Sequence[int] | None = None, image_codec: str = "raw") -> list[dict]:
-        """Train/evaluate one student per seed on the set for (ipc, label, image_seed); resumable.
-
-        Returns one dict per seed: ``config``, ``metrics`` (test_acc, val_acc, paper_acc, train_acc,
-        per_class, ...), ``nbytes``, ``cached``. ``make_set`` overrides how the set is built (studies
-        that remove images or change labels); its identity must be captured in ``extra``.
-        """
-        return self.evaluate_many([CellSpec(ipc=ipc, label=label, student=student, seeds=seeds, experts=experts,
-                                        image_seed=image_seed, protocol=protocol, study=study, extra=extra,
-                                        make_set=make_set, eval_classes=eval_classes, image_codec=image_codec)])[0]
+    # ---- students -----------------------------------------------------------------------------------
+    def evaluate(self, set: SetSpec, *, student: StudentRecipe, seeds: Sequence[int],
+                 experts: Sequence[Trajectory] = (), protocol: str = "clean", study: str = "baseline",
+                 eval_classes: Sequence[int] | None = None, given: CompressedSet | None = None) -> list[dict]:
+        """:meth:`evaluate_many` for one cell (the fields of :class:`CellSpec`)."""
+        cell = CellSpec(
+            set=set,
+            student=student,
+            seeds=tuple(seeds),
+            experts=tuple(experts),
+            protocol=protocol,
+            study=study,
+            eval_classes=None if eval_classes is None else tuple(eval_classes),
+            given=given,
+        )
+        return self.evaluate_many([cell])[0]
 
     def evaluate_many(self, cells: Sequence[CellSpec]) -> list[list[dict]]:
-        """:meth:`evaluate` for several cells at once, so their students can train in parallel
-        (``workers``): one list of per-seed dicts per cell, in order. Each result is stored as soon as its
-        student finishes; a re-run trains only what the store lacks."""
+        """Train and evaluate the students of ``cells`` (resumable): one list of per-seed results per cell,
+        in order, each ``{"config", "metrics", "nbytes", "codec", "wall_s", "cached"}``.
+
+        Students of all cells may train at once (``workers``); each result is stored as soon as its student
+        finishes, so a re-run trains only what the store lacks.
+        """
         outs: list[list[dict]] = []
         jobs: list[StudentJob] = []
+        ds = self.prepared.dataset
         for ci, cell in enumerate(cells):
             out, todo = self._lookup(cell)
             outs.append(out)
             if not todo:
                 continue
-            cset = cell.make_set() if cell.make_set is not None else build_compressed_set(
-                self.prepared, ipc=cell.ipc, label=cell.label, experts=cell.experts, seed=cell.image_seed,
-                image_codec=cell.image_codec, device=self.device)
-            x = cset.model_input(device=self.device, zca=self.prepared.zca)
+            cset = self.build_set(cell.set, experts=cell.experts, given=cell.given)
+            x = cset.model_input(device=self.device, zca=self.prepared.zca, mean=ds.mean, std=ds.std)
             # all seeds, not the ones left: a resumed cell must take the same (compiled or eager) path
             steps = planned_steps(cell.student, len(cset), len(cell.seeds))
-            compile_model = resolve_compile(cell.student.compile, torch.device(self.device), total_steps=steps)
-            meta = {"cell": ci, "nbytes": cset.nbytes, "codec": f"{cset.manifest['image_codec']}|"
-                                                               f"{cset.manifest['label_codec']}"}
+            compile_model = resolve_compile(
+                cell.student.compile, torch.device(self.device), total_steps=steps
+            )
+            meta = {"cell": ci, "nbytes": cset.nbytes,
+                    "codec": f"{cset.manifest['image_codec']}|{cset.manifest['label_codec']}"}
             for pos, seed, cfg in todo:
-                jobs.append(StudentJob(x, cset.labels, cell.student, seed, cell.protocol, compile_model,
+                jobs.append(StudentJob(images=x, labels=cset.labels, recipe=cell.student, seed=seed,
+                                       protocol=cell.protocol, compile_model=compile_model,
                                        tag={**meta, "pos": pos, "config": cfg}))
         if not jobs:
             return outs
@@ -185,12 +227,15 @@ class Lab:
             self.store.put(cfg, metrics, study=cell.study, wall_s=res.wall_s, nbytes=nb["total"],
                            codec=job.tag["codec"], version=__version__)
             outs[job.tag["cell"]][job.tag["pos"]] = {"config": cfg, "metrics": metrics, "nbytes": nb["total"],
-                                                     "wall_s": res.wall_s, "cached": False}
+                                                     "codec": job.tag["codec"], "wall_s": res.wall_s,
+                                                     "cached": False}
 
         first = cells[jobs[0].tag["cell"]]
-        what = f"{first.study} ipc={first.ipc} {first.label.kind} e={first.label.expert_epoch}" if len(cells) == 1 \
-            else f"{first.study}: {len(jobs)} students"
-        if self.workers == "ray":  # every student a Ray task
+        what = (f"{first.study} ipc={first.set.ipc} {first.set.label.kind} e={first.set.label.expert_epoch}"
+                if len(cells) == 1 else f"{first.study}: {len(jobs)} students")
+        if not isinstance(self.workers, (int, str)):  # the caller's executor
+            groups = [(self.workers, jobs)]
+        elif self.workers == "ray":  # every student a Ray task
             groups, what = [(self._executor("ray"), jobs)], f"{what} on Ray"
         else:
             groups, workers = self._local_groups(cells, jobs)
@@ -200,54 +245,64 @@ class Lab:
                 executor.run(group, store, on_epoch=tick)
         return outs
 
+    def _cell_images(self, cell: CellSpec) -> int:
+        """Images of a cell's set as its configuration says (what the worker decision weighs)."""
+        return len(cell.given) if cell.given is not None else cell.set.ipc * self.prepared.num_classes
+
     def _local_groups(self, cells: Sequence[CellSpec], jobs: list[StudentJob]) -> tuple[list, int]:
         """(executor, jobs) pairs on this machine, and the number of worker processes used.
 
-        Students with small batches may train in parallel (where that pays, see softlabels.executor); like
-        the compile choice, the decision weighs every seed of the cells (ipc x classes images each), not
-        what is left, so a resumed sweep trains on the same thread counts as an uninterrupted one."""
-        n_cls = self.prepared.num_classes
-        batch = [min(c.student.batch_size, c.ipc * n_cls) for c in cells]
-        small_cells = {i for i, c in enumerate(cells) if batch[i] <= PARALLEL_MAX_BATCH and c.student.loop != "reference"}
+        Students with small batches may train in parallel (where that pays, see softlabels.engine.executors);
+        like the compile choice, the decision weighs every seed of the cells, not what is left, so a resumed
+        sweep trains on the same thread counts as an uninterrupted one."""
+        batch = [min(c.student.batch_size, self._cell_images(c)) for c in cells]
+        small = {i for i in range(len(cells)) if batch[i] <= PARALLEL_MAX_BATCH}
         workers = resolve_workers(
-            self.workers, self.device, n_jobs=sum(len(cells[i].seeds) for i in small_cells),
-            batch=max((batch[i] for i in small_cells), default=0),
-            steps=sum(planned_steps(cells[i].student, cells[i].ipc * n_cls, len(cells[i].seeds)) for i in small_cells))
+            self.workers, self.device, n_jobs=sum(len(cells[i].seeds) for i in small),
+            batch=max((batch[i] for i in small), default=0),
+            steps=sum(planned_steps(cells[i].student, self._cell_images(cells[i]), len(cells[i].seeds))
+                      for i in small))
         if workers == 1:
             return [(self._executor(1), jobs)], 1
-        return [(self._executor(workers), [j for j in jobs if j.tag["cell"] in small_cells]),
-                (self._executor(1), [j for j in jobs if j.tag["cell"] not in small_cells])], workers
+        return [(self._executor(workers), [j for j in jobs if j.tag["cell"] in small]),
+                (self._executor(1), [j for j in jobs if j.tag["cell"] not in small])], workers
 
     def _lookup(self, cell: CellSpec) -> tuple[list[dict], list[tuple[int, int, dict]]]:
         """Stored results of ``cell`` (one dict per seed, ``{}`` where missing) and its missing seeds."""
         out: list[dict] = []
         todo = []
         for pos, seed in enumerate(cell.seeds):
-            cfg = self.run_config(study=cell.study, ipc=cell.ipc, label=cell.label, student=cell.student, seed=seed,
-                                  image_seed=cell.image_seed, protocol=cell.protocol, experts=cell.experts,
-                                  extra=cell.extra, image_codec=cell.image_codec)
+            cfg = self.run_config(cell, seed)
             rec = self.store.get(ResultsStore.key(cfg))
-            if rec is not None:
-                metrics = dict(rec.metrics)
-                if cell.eval_classes is not None:
-                    metrics["class_acc"] = _class_acc(metrics["per_class"], cell.eval_classes)
-                out.append({"config": rec.config, "metrics": metrics, "nbytes": rec.nbytes,
-                            "wall_s": rec.wall_s, "cached": True})
-            else:
+            if rec is None:
                 todo.append((pos, seed, cfg))
                 out.append({})
+                continue
+            metrics = dict(rec.metrics)
+            if cell.eval_classes is not None:
+                metrics["class_acc"] = _class_acc(metrics["per_class"], cell.eval_classes)
+            out.append({"config": rec.config, "metrics": metrics, "nbytes": rec.nbytes, "codec": rec.codec,
+                        "wall_s": rec.wall_s, "cached": True})
         return out, todo
 
     def _executor(self, workers: int | str):
         if workers not in self._executors:
-            self._executors[workers] = make_executor(workers, self.evals, device=self.device)
+            self._executors[workers] = make_executor(
+                workers, self.evals, device=self.device, engine=self.engine
+            )
         return self._executors[workers]
 
     def close(self) -> None:
-        """Stop the student worker processes (started by parallel ``evaluate`` calls) or leave Ray, if any."""
+        """Stop worker processes or leave Ray (if any were started), drop compiled graphs and cached logits,
+        close the results store."""
         for ex in self._executors.values():
             ex.close()
         self._executors.clear()
+        self.engine.close()
+        self.logits.clear()
+        if self._store is not None:
+            self._store.close()
+            self._store = None
 
     def __enter__(self) -> Lab:
         return self

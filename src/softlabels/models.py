@@ -80,13 +80,20 @@ class ConvNet(nn.Module):
 
     def embed(self, x: torch.Tensor, stats: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         if self.fused_stem:
-            x = instance_norm_stem(x, self.features[0], self.features[1], stats=stats,
-                                   channels_last=not torch.is_grad_enabled() and torch.compiler.is_compiling())
+            x = instance_norm_stem(
+                x,
+                self.features[0],
+                self.features[1],
+                stats=stats,
+                channels_last=not torch.is_grad_enabled() and torch.compiler.is_compiling(),
+            )
             x = self.features[2:self._block](x).contiguous()
             return self.features[self._block:](x).flatten(1)
         return self.features(x).flatten(1)
 
-    def forward(self, x: torch.Tensor, stats: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, stats: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> torch.Tensor:
         """Logits; ``stats`` are ``stem_stats(x)`` computed beforehand (ignored without a fused stem)."""
         return self.classifier(self.embed(x, stats))
 
@@ -111,16 +118,16 @@ def instance_norm_stem(x: torch.Tensor, conv: nn.Conv2d, norm: nn.GroupNorm, *,
     linear map of the input patches.
 
     The first convolution of a ConvNet reads few channels (1 or 3) and writes ``width`` channels at full
-    resolution, a shape oneDNN handles poorly (its weight gradient ran at ~2 GFLOP/s here). Since the
+    resolution, a shape oneDNN handles poorly (its weight gradient ran far below peak). Since the
     convolution is linear, each output channel's spatial mean and variance follow from the mean and the
     (9C x 9C) covariance of the image's patches: ``mean_o = w_o . mu``, ``var_o = w_o' Cov w_o``. Folding
     the normalisation into the weights gives, per image, ``W_eff = gamma * w / std`` and a bias, applied in
     one batched matmul. Statistics are computed in fp32 (autocast off), the matmul in the autocast dtype.
     The convolution's bias cancels in the normalisation, as it does in ``norm(conv(x))``; it receives no
     gradient here. ``channels_last`` returns an NCHW-shaped view of an (N, H, W, O) result; ReLU + pooling
-    of it in a compiled graph took 14 vs 24 ms (1024 images, width 32) in inference, but was slower in training.
+    of it in a compiled graph was faster in inference but slower in training (``benchmarks/RESULTS.md``).
     ``stats`` are ``patch_stats(x, conv.padding)`` computed beforehand: an evaluation set's are the same for
-    every model, and reusing them made a compiled width-32 evaluation ~1.2x faster (0.55 -> 0.45 s per 10k).
+    every model, so they are computed once per set and reused.
     """
     n, _, h, w = x.shape
     pad_h, pad_w = conv.padding
@@ -148,9 +155,11 @@ MODELS: Registry[ModelSpec] = Registry("model")
 for _d in (1, 2, 3, 4, 5):
     MODELS.register(f"convnet-d{_d}", ModelSpec(name=f"convnet-d{_d}", depth=_d),
                     help=f"ConvNet, {_d} blocks, width 128, instance norm, avg pooling")
-MODELS.register("convnet", ModelSpec(name="convnet", depth=3), help="alias of convnet-d3 (the field's 'ConvNet')")
+MODELS.register(
+    "convnet", ModelSpec(name="convnet", depth=3), help="alias of convnet-d3 (the field's 'ConvNet')"
+)
 MODELS.register("convnet-d3-w64", ModelSpec(name="convnet-d3-w64", depth=3, width=64),
-                help="ConvNet-3, width 64: ~2.7x cheaper, for CPU presets")
+                help="ConvNet-3, width 64: cheaper, for CPU presets")
 MODELS.register("convnet-d3-w32", ModelSpec(name="convnet-d3-w32", depth=3, width=32),
                 help="ConvNet-3, width 32: for tests and tiny CPU budgets")
 MODELS.register("convnet-d3-bn", ModelSpec(name="convnet-d3-bn", depth=3, norm="batchnorm"),
@@ -172,3 +181,13 @@ def build_model(spec: ModelSpec | str, *, in_channels: int, num_classes: int,
 
 def list_models() -> dict[str, str]:
     return MODELS.describe()
+
+
+def init_model(recipe_model: str, width: int | None, *, seed: int, in_channels: int, num_classes: int,
+               image_size: tuple[int, int], device: torch.device | str = "cpu") -> nn.Module:
+    """A freshly initialised model whose weights depend only on ``seed`` (the global RNG is untouched)."""
+    spec = get_model_spec(recipe_model, **({"width": width} if width else {}))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        model = build_model(spec, in_channels=in_channels, num_classes=num_classes, image_size=image_size)
+    return model.to(device)

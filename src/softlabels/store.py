@@ -40,7 +40,12 @@ CONFIG_COLUMNS: dict[str, str] = {
     "temperature": "REAL", "label": "TEXT", "selection": "TEXT", "seed": "INTEGER", "protocol": "TEXT",
 }
 #: Promoted columns filled from metrics keys of the same name.
-METRIC_COLUMNS: dict[str, str] = {"test_acc": "REAL", "val_acc": "REAL", "final_acc": "REAL", "paper_acc": "REAL"}
+METRIC_COLUMNS: dict[str, str] = {
+    "test_acc": "REAL",
+    "val_acc": "REAL",
+    "final_acc": "REAL",
+    "paper_acc": "REAL",
+}
 _PROMOTED = (*CONFIG_COLUMNS, *METRIC_COLUMNS)
 _BASE = ("key", "study", "config", "metrics", "wall_s", "nbytes", "codec", "version", "created")
 _FILTERABLE = ("key", "study", "codec", "version", *_PROMOTED)
@@ -116,7 +121,9 @@ class ResultsStore:
             # "file is not a database" / "malformed" / a foreign database whose tables lack our columns;
             # anything else (locked, read-only, disk full) is re-raised as it is
             msg = str(e)
-            if type(e) is sqlite3.DatabaseError or any(w in msg for w in ("malformed", "not a database", "no such")):
+            if type(e) is sqlite3.DatabaseError or any(
+                w in msg for w in ("malformed", "not a database", "no such")
+            ):
                 raise self._corrupt(msg) from None
             raise
         except BaseException:
@@ -147,7 +154,9 @@ class ResultsStore:
                 con.execute(stmt)
             row = con.execute("SELECT value FROM meta WHERE name = 'schema_version'").fetchone()
             if row is None:
-                con.execute("INSERT INTO meta (name, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+                con.execute(
+                    "INSERT INTO meta (name, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+                )
                 found = SCHEMA_VERSION
             else:
                 try:
@@ -220,7 +229,9 @@ class ResultsStore:
         except (TypeError, ValueError) as e:
             raise TypeError(f"metrics must be JSON-able (numbers, strings, lists, dicts): {e}") from None
         met = json.loads(met_text)
-        promoted = [_sql_value(cfg.get(c)) for c in CONFIG_COLUMNS] + [_sql_value(met.get(c)) for c in METRIC_COLUMNS]
+        promoted = [_sql_value(cfg.get(c)) for c in CONFIG_COLUMNS] + [
+            _sql_value(met.get(c)) for c in METRIC_COLUMNS
+        ]
         created = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
         cols = (*_BASE, *_PROMOTED)
         values = (key, study, cfg_text, met_text, wall, nbytes, codec, version, created, *promoted)
@@ -345,7 +356,9 @@ class ResultsStore:
                 arrays[col] = pa.array(values)
             except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError):
                 # mixed types across runs (e.g. an int in one config, a string in another): store as JSON text
-                arrays[col] = pa.array([None if v is None else json.dumps(v) for v in values], type=pa.string())
+                arrays[col] = pa.array(
+                    [None if v is None else json.dumps(v) for v in values], type=pa.string()
+                )
             if pa.types.is_null(arrays[col].type) and col in _ROW_HEAD:
                 arrays[col] = arrays[col].cast(_arrow_type(pa, col))
         sink = pa.BufferOutputStream()

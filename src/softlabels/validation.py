@@ -82,7 +82,9 @@ def check_targets(targets: object, *, num_classes: int | None = None, n: int | N
     if not isinstance(targets, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of class indices, got {type(targets).__name__}")
     if targets.ndim != 1 or targets.dtype.is_floating_point or targets.dtype == torch.bool:
-        raise ValueError(f"{name} must be a 1-D integer tensor, got shape {tuple(targets.shape)} {targets.dtype}")
+        raise ValueError(
+            f"{name} must be a 1-D integer tensor, got shape {tuple(targets.shape)} {targets.dtype}"
+        )
     if n is not None and targets.shape[0] != n:
         raise ValueError(f"{name} has {targets.shape[0]} entries but there are {n} images")
     if targets.numel() and int(targets.min()) < 0:
@@ -116,7 +118,9 @@ def check_labels(labels: object, *, num_classes: int | None = None, n: int | Non
     if not torch.isfinite(lf).all():
         raise ValueError(f"{name} contains NaN or infinite values")
     if (lf < 0).any():
-        raise ValueError(f"{name} contains negative entries (min {float(lf.min()):.3g}); labels are probabilities")
+        raise ValueError(
+            f"{name} contains negative entries (min {float(lf.min()):.3g}); labels are probabilities"
+        )
     sums = lf.sum(dim=1)
     if normalized and not torch.allclose(sums, torch.ones_like(sums), atol=atol):
         bad = int((sums - 1).abs().argmax())
@@ -128,25 +132,3 @@ def check_labels(labels: object, *, num_classes: int | None = None, n: int | Non
         bad = int(sums.argmax())
         raise ValueError(f"{name} row {bad} sums to {float(sums[bad]):.4f} > 1; labels must be probabilities")
     return labels
-
-
-def parse_size(text: str | int) -> int:
-    """Parse a byte size like ``64KB``, ``1.5MiB``, ``512k`` or ``1000`` into bytes (KB = 1000, KiB = 1024)."""
-    if isinstance(text, int) and not isinstance(text, bool):
-        if text <= 0:
-            raise ValueError(f"size must be positive, got {text}")
-        return text
-    s = str(text).strip().replace(" ", "")
-    units = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2, "mib": 1024**2,
-             "g": 1000**3, "gb": 1000**3, "gib": 1024**3}
-    num = s.rstrip("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
-    unit = s[len(num):].lower()
-    try:
-        value = float(num)
-    except ValueError:
-        raise ValueError(f"cannot parse size {text!r}; write e.g. 64KB, 1MB, 1.5MiB or 4096") from None
-    if unit not in units:
-        raise ValueError(f"unknown size unit {unit!r} in {text!r}; use B, KB, KiB, MB, MiB, GB or GiB")
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"size must be positive, got {text!r}")
-    return int(round(value * units[unit]))

@@ -39,8 +39,10 @@ class ImageDataset:
             check_targets(getattr(self, f"{split}_targets"), num_classes=len(self.classes), n=imgs.shape[0],
                           name=f"{self.name} {split} targets")
         if self.train_images.shape[1:] != self.test_images.shape[1:]:
-            raise ValueError(f"{self.name}: train images {tuple(self.train_images.shape[1:])} and test images "
-                             f"{tuple(self.test_images.shape[1:])} differ in shape")
+            raise ValueError(
+                f"{self.name}: train images {tuple(self.train_images.shape[1:])} and test images "
+                f"{tuple(self.test_images.shape[1:])} differ in shape"
+            )
         c = self.train_images.shape[1]
         if len(self.mean) != c or len(self.std) != c:
             raise ValueError(f"{self.name}: mean/std need {c} entries, got {len(self.mean)}/{len(self.std)}")

@@ -71,7 +71,9 @@ def true_class_prob(labels: torch.Tensor, targets: torch.Tensor) -> torch.Tensor
     return p.gather(1, t[:, None])[:, 0]
 
 
-def cross_entropy_to_true(labels: torch.Tensor, targets: torch.Tensor, *, eps: float = CE_EPS) -> torch.Tensor:
+def cross_entropy_to_true(
+    labels: torch.Tensor, targets: torch.Tensor, *, eps: float = CE_EPS
+) -> torch.Tensor:
     """Difficulty score ``-log p_y`` per row, with ``p_y`` clamped to ``>= eps`` so it stays finite.
 
     The labels are treated as probabilities. The reference code instead passes the probabilities to

@@ -1,14 +1,27 @@
-"""Soft labels from experts: softmax(logits / T) of an expert checkpoint on un-augmented images."""
+"""Labels for images: softmax(logits / T) of expert checkpoints on un-augmented images, or one-hot classes.
+
+Expert logits of training-pool images are worth keeping while a study labels the same images under many
+settings (temperatures, transforms, codecs): a :class:`LogitCache` (owned by the ``Lab``) holds them.
+"""
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
-from ..experts import Trajectory
-from ..train import logits_of
+from ..engine.evaluation import logits_of
+from ..io import tensor_hash
 from .transforms import softmax_with_temperature
+
+if TYPE_CHECKING:
+    from ..config import LabelSpec
+    from ..data.prepared import PreparedData
+    from ..experts import Trajectory
+
+__all__ = ["LogitCache", "expert_logits", "hard_labels", "label_images", "soft_labels"]
 
 
 def expert_logits(trajectories: Sequence[Trajectory], epoch: int, images: torch.Tensor, *,
@@ -38,3 +51,55 @@ def soft_labels(logits: torch.Tensor, *, temperature: float = 1.0) -> torch.Tens
 def hard_labels(targets: torch.Tensor, *, num_classes: int) -> torch.Tensor:
     """One-hot float labels (the hard-label baseline)."""
     return torch.nn.functional.one_hot(targets.long(), num_classes).float()
+
+
+class LogitCache:
+    """Expert logits (CPU) of pool images, keyed by the experts' keys, the epoch and a content hash of the
+    positions; the least recently used beyond ``size`` entries are dropped."""
+
+    def __init__(self, *, size: int = 64) -> None:
+        self._size = size
+        self._entries: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+
+    def get_or_compute(self, key: tuple, compute) -> torch.Tensor:
+        if key in self._entries:
+            self._entries.move_to_end(key)
+            return self._entries[key]
+        value = compute()
+        self._entries[key] = value
+        while len(self._entries) > self._size:
+            self._entries.popitem(last=False)
+        return value
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+
+def label_images(prepared: PreparedData, pool_positions: torch.Tensor, label: LabelSpec,
+                 experts: Sequence[Trajectory], *, device: str | torch.device = "cpu",
+                 cache: LogitCache | None = None) -> torch.Tensor:
+    """Labels (N, K) for training-pool positions per ``label`` (before any transform)."""
+    targets = prepared.train_targets[pool_positions]
+    if label.kind == "hard":
+        return hard_labels(targets, num_classes=prepared.num_classes)
+    if label.expert_epoch is None:
+        raise ValueError("soft labels need an expert epoch (LabelSpec(expert_epoch=...), --expert-epoch)")
+    if len(experts) < label.ensemble:
+        raise ValueError(
+            f"label ensemble={label.ensemble} needs {label.ensemble} experts, got {len(experts)}"
+        )
+    chosen = list(experts)[: label.ensemble]
+
+    def compute() -> torch.Tensor:
+        x, _ = prepared.tensors("train", device=device)
+        return expert_logits(chosen, label.expert_epoch, x[pool_positions.to(x.device)], device=device).cpu()
+
+    if cache is None:
+        logits = compute()
+    else:
+        key = (tuple(t.key for t in chosen), label.expert_epoch, str(device), tensor_hash(pool_positions))
+        logits = cache.get_or_compute(key, compute)
+    return soft_labels(logits, temperature=label.temperature)

@@ -19,22 +19,18 @@ e.g. ``"topk:k=3+renorm"`` or ``"remove-class:cls=3,renorm=1"``.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
 import torch
 
-from softlabels.registry import Registry
+from softlabels.specs import Param, SpecRegistry
 from softlabels.validation import check_labels, check_positive_float, check_positive_int, check_targets
 
 __all__ = [
     "LABEL_TRANSFORMS",
     "LabelTransform",
     "ParsedTransform",
-    "TransformDef",
-    "TransformParam",
     "hard",
     "mix_hard",
     "parse_transform",
@@ -244,58 +240,23 @@ class LabelTransform(Protocol):
     ) -> torch.Tensor: ...
 
 
-@dataclass(frozen=True)
-class TransformParam:
-    """A spec-string parameter: ``kind`` is ``"int"``, ``"float"`` or ``"bool"`` (written 0/1)."""
-
-    name: str
-    kind: str
-    allowed: str  # human description of allowed values, used in error messages
-    default: Any = None  # None: required
-    check: Callable[[Any], bool] = lambda v: True
-
-    def parse(self, transform: str, text: str) -> Any:
-        err = ValueError(f"{transform}: parameter {self.name} must be {self.allowed}, got {text!r}")
-        if self.kind == "bool":
-            if text not in ("0", "1"):
-                raise err
-            return text == "1"
-        try:
-            value: Any = int(text) if self.kind == "int" else float(text)
-        except ValueError:
-            raise err from None
-        if (self.kind == "float" and not math.isfinite(value)) or not self.check(value):
-            raise err
-        return value
-
-    def format(self, value: Any) -> str:
-        if self.kind == "bool":
-            return "1" if value else "0"
-        return str(int(value)) if self.kind == "int" else repr(float(value))
+LABEL_TRANSFORMS = SpecRegistry("label transform")
 
 
-@dataclass(frozen=True)
-class TransformDef:
-    """A named transform: its parameters and a builder from parsed parameters to a :class:`LabelTransform`."""
-
-    params: tuple[TransformParam, ...]
-    build: Callable[..., LabelTransform]
-    help: str = ""
+def _register(name: str, help: str, *params: Param) -> Callable[[Callable[..., LabelTransform]], Any]:
+    return LABEL_TRANSFORMS.define(name, *params, help=help)
 
 
-LABEL_TRANSFORMS: Registry[TransformDef] = Registry("label transform")
+def _renorm_param() -> Param:
+    return Param(key="renorm", kind="bool", default=False)
 
 
-def _register(name: str, help: str, *params: TransformParam) -> Callable[[Callable[..., LabelTransform]], Any]:
-    def deco(build: Callable[..., LabelTransform]) -> Callable[..., LabelTransform]:
-        LABEL_TRANSFORMS.register(name, TransformDef(params, build, help), help=help)
-        return build
-
-    return deco
+def _int_param(key: str, minimum: int) -> Param:
+    return Param(key=key, kind="int", check=lambda v: v >= minimum, allowed=f"an integer >= {minimum}")
 
 
-def _renorm_param() -> TransformParam:
-    return TransformParam("renorm", "bool", "0 or 1", default=False)
+def _unit_param(key: str) -> Param:
+    return Param(key=key, kind="float", check=lambda v: 0 <= v <= 1, allowed="a number in [0, 1]")
 
 
 @_register("none", "identity (returns a copy)")
@@ -303,20 +264,17 @@ def _build_none() -> LabelTransform:
     return lambda labels, targets, *, generator=None: check_labels(labels).clone()
 
 
-@_register("topk", "keep the k largest entries per row", TransformParam("k", "int", "an integer >= 1",
-           check=lambda v: v >= 1), _renorm_param())
+@_register("topk", "keep the k largest entries per row", _int_param("k", 1), _renorm_param())
 def _build_topk(k: int, renorm: bool) -> LabelTransform:
     return lambda labels, targets, *, generator=None: topk(labels, k=k, renormalize=renorm)
 
 
-@_register("swap", "swap the i-th largest entry with the smallest",
-           TransformParam("i", "int", "an integer >= 1", check=lambda v: v >= 1))
+@_register("swap", "swap the i-th largest entry with the smallest", _int_param("i", 1))
 def _build_swap(i: int) -> LabelTransform:
     return lambda labels, targets, *, generator=None: swap(labels, i=i)
 
 
-@_register("remove-class", "zero column cls in rows of other classes",
-           TransformParam("cls", "int", "an integer >= 0", check=lambda v: v >= 0), _renorm_param())
+@_register("remove-class", "zero column cls in rows of other classes", _int_param("cls", 0), _renorm_param())
 def _build_remove_class(cls: int, renorm: bool) -> LabelTransform:
     return lambda labels, targets, *, generator=None: remove_class_knowledge(
         labels, targets, cls=cls, renormalize=renorm
@@ -332,20 +290,18 @@ def _build_hard() -> LabelTransform:
     return fn
 
 
-@_register("mix-hard", "(1 - alpha) * labels + alpha * one-hot",
-           TransformParam("alpha", "float", "a number in [0, 1]", check=lambda v: 0 <= v <= 1))
+@_register("mix-hard", "(1 - alpha) * labels + alpha * one-hot", _unit_param("alpha"))
 def _build_mix_hard(alpha: float) -> LabelTransform:
     return lambda labels, targets, *, generator=None: mix_hard(labels, targets, alpha=alpha)
 
 
-@_register("smooth", "label smoothing (1 - eps) * labels + eps / C",
-           TransformParam("eps", "float", "a number in [0, 1]", check=lambda v: 0 <= v <= 1))
+@_register("smooth", "label smoothing (1 - eps) * labels + eps / C", _unit_param("eps"))
 def _build_smooth(eps: float) -> LabelTransform:
     return lambda labels, targets, *, generator=None: smooth(labels, epsilon=eps)
 
 
 @_register("retemper", "p ** (1 / t) renormalised",
-           TransformParam("t", "float", "a number > 0", check=lambda v: v > 0))
+           Param(key="t", kind="float", check=lambda v: v > 0, allowed="a number > 0"))
 def _build_retemper(t: float) -> LabelTransform:
     return lambda labels, targets, *, generator=None: retemper(labels, temperature=t)
 
@@ -368,41 +324,8 @@ class ParsedTransform(NamedTuple):
 
 
 def _parse_step(step: str) -> tuple[LabelTransform, str]:
-    name, sep, rest = step.partition(":")
-    name = name.strip().lower()
-    if not name:
-        raise ValueError(f"empty transform name in step {step!r}")
-    tdef = LABEL_TRANSFORMS.get(name)
-    known = {p.name: p for p in tdef.params}
-    allowed = ", ".join(known) if known else "none"
-    given: dict[str, str] = {}
-    if sep:
-        if not rest.strip():
-            raise ValueError(f"{name}: ':' must be followed by key=value parameters (allowed: {allowed})")
-        for item in rest.split(","):
-            key, eq, value = item.partition("=")
-            key, value = key.strip().lower(), value.strip()
-            if not eq or not key or not value:
-                raise ValueError(f"{name}: cannot parse parameter {item.strip()!r}; write key=value "
-                                 f"(allowed parameters: {allowed})")
-            if key not in known:
-                raise ValueError(f"{name}: unknown parameter {key!r}; allowed parameters: {allowed}")
-            if key in given:
-                raise ValueError(f"{name}: parameter {key} given twice")
-            given[key] = value
-    values: dict[str, Any] = {}
-    for p in tdef.params:
-        if p.name in given:
-            values[p.name] = p.parse(name, given[p.name])
-        elif p.default is None:
-            raise ValueError(f"{name}: missing required parameter {p.name} ({p.allowed}), "
-                             f"e.g. {name}:{p.name}=...")
-        else:
-            values[p.name] = p.default
-    canon = name
-    if tdef.params:
-        canon += ":" + ",".join(f"{p.name}={p.format(values[p.name])}" for p in tdef.params)
-    return tdef.build(**values), canon
+    parsed = LABEL_TRANSFORMS.parse(step.strip().lower())
+    return parsed.obj, parsed.spec
 
 
 def parse_transform(spec: str) -> ParsedTransform:

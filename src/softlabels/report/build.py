@@ -16,6 +16,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from ..config import PROTOCOL_NOTES
 from ..io import atomic_write_text
 from ..validation import DataNotFoundError
 
@@ -28,13 +29,6 @@ STUDY_TITLES = {
     "temperature": "Expert epoch × temperature (paper E4, Fig. 4)",
     "swap": "Label swap test (paper E5, Fig. 3)",
     "knowledge": "Zero-shot and knowledge removal (paper E6, Fig. 7)",
-}
-PROTOCOLS = {
-    "clean": "clean — expert trained on the train pool with a validation split held out; every choice "
-             "(expert epoch, temperature, ...) is made on validation accuracy; the reported number is test "
-             "accuracy at the final student epoch, mean ± std over student seeds.",
-    "paper": "paper — the reference code's protocol: max test accuracy over student checkpoints "
-             "(optimistic).",
 }
 
 
@@ -111,12 +105,9 @@ def _main_job(out: Path) -> list[str]:
 def _title(name: str) -> str:
     if name in STUDY_TITLES:
         return STUDY_TITLES[name]
-    try:  # the registry's one-line help, when the study is installed
-        from ..studies.base import list_studies
+    from ..studies import list_studies
 
-        doc = list_studies().get(name, "")
-    except ImportError:
-        doc = ""
+    doc = list_studies().get(name, "")
     return f"{name}: {doc}" if doc else name
 
 
@@ -130,7 +121,7 @@ def _study_section(out: Path, name: str, s: dict, counts: dict[str, int] | None)
     if rows:
         lines += _md_table(rows, _csv_columns(out / "studies" / name / "table.csv")) + [""]
     protocol = s.get("protocol", "clean")
-    lines += [f"*Protocol:* {PROTOCOLS.get(protocol, protocol)}", ""]
+    lines += [f"*Protocol:* {PROTOCOL_NOTES.get(protocol, protocol)}.", ""]
     settings = s.get("settings") or {}
     if settings:
         lines += ["*Settings:*", ""]

@@ -19,17 +19,31 @@ from typing import Any
 
 import torch
 
-from ..config import LabelSpec, Preset
-from ..distill import label_images
+from ..config import LabelSpec
 from ..experts import Trajectory
 from ..io import atomic_write_text
 from ..lab import CellSpec, Lab
 from ..labels.diagnostics import entropy, js_distance
-from ..labels.generate import expert_logits
-from ..selection import random_per_class
+from ..labels.generate import expert_logits, label_images
+from ..presets import Preset
+from ..sets.selection import random_per_class
+from ..sets.spec import SetSpec
 from ..validation import check_positive_int
-from .base import StudyResult, int_list, pct, register_study, resolve_preset, rows_csv, seed_list, study_dir
-from .scaling import cell_stats, epochs_per_ipc, finite, pyplot, student_recipe
+from .base import (
+    StudyResult,
+    cell_stats,
+    default_seeds,
+    expert_epochs,
+    finite,
+    int_list,
+    pct,
+    register_study,
+    resolve_preset,
+    rows_csv,
+    seed_list,
+    student_recipe,
+    study_dir,
+)
 
 NAME = "ensemble"
 QUICK_N, FULL_N = 3, 5
@@ -57,18 +71,21 @@ def compare_labels(single: torch.Tensor, ens: torch.Tensor, targets: torch.Tenso
     a1, a2 = single.argmax(1), ens.argmax(1)
     c1, c2 = a1 == targets, a2 == targets
     return {
-        "jsd_mean": float(d.mean()), "jsd_median": float(d.median()),
+        "jsd_mean": float(d.mean()),
+        "jsd_median": float(d.median()),
         "argmax_agreement": float((a1 == a2).double().mean()),
-        "single_argmax_correct": float(c1.double().mean()), "ensemble_argmax_correct": float(c2.double().mean()),
+        "single_argmax_correct": float(c1.double().mean()),
+        "ensemble_argmax_correct": float(c2.double().mean()),
         "ensemble_keeps_correct": float(c2[c1].double().mean()) if c1.any() else float("nan"),
         "ensemble_fixes_wrong": float(c2[~c1].double().mean()) if (~c1).any() else float("nan"),
-        "single_entropy": float(entropy(single).mean()), "ensemble_entropy": float(entropy(ens).mean()),
+        "single_entropy": float(entropy(single).mean()),
+        "ensemble_entropy": float(entropy(ens).mean()),
     }
 
 
 @register_study(NAME, help="E8 / E9: ensemble-expert labels vs one expert (students, JSD, argmax agreement)")
 def study_ensemble(lab: Lab, *, scale: str = "quick", n: int | None = None, ipcs: Sequence[int] | None = None,
-                   expert_epoch: int | dict | None = None, seeds: int | Sequence[int] | None = None,
+                   expert_epoch: int | dict | None = None, seeds: Sequence[int] | None = None,
                    student_epochs: int | None = None, label_epochs: Sequence[int] | None = None,
                    pool_images: int | None = None, truncate: bool = True,
                    preset: Preset | str | None = None) -> StudyResult:
@@ -76,7 +93,7 @@ def study_ensemble(lab: Lab, *, scale: str = "quick", n: int | None = None, ipcs
     p = resolve_preset(scale, preset)
     n = check_positive_int("n", n if n is not None else (QUICK_N if scale == "quick" else FULL_N))
     ipc_list = int_list("ipcs", ipcs if ipcs is not None else (QUICK_IPCS if scale == "quick" else p.ipcs))
-    seed_ids = seed_list(seeds, default=min(2, p.seeds) if scale == "quick" else p.seeds)
+    seed_ids = seed_list(seeds, default=default_seeds(scale, p))
     pool_n = check_positive_int("pool_images", pool_images if pool_images is not None else
                                 (QUICK_POOL if scale == "quick" else FULL_POOL))
     if not isinstance(truncate, bool):
@@ -84,7 +101,7 @@ def study_ensemble(lab: Lab, *, scale: str = "quick", n: int | None = None, ipcs
     prep = lab.prepared
     num_classes = prep.num_classes
     lead = lab.expert(p.expert)
-    epochs, epoch_source = epochs_per_ipc(lab, p, lead, ipc_list, expert_epoch)
+    epochs, epoch_source = expert_epochs(lab, p, lead, ipc_list, expert_epoch)
     up_to = max(epochs.values())
     if label_epochs is not None:
         up_to = max(up_to, max(int_list("label_epochs", label_epochs, maximum=lead.epochs_done)))
@@ -98,22 +115,39 @@ def study_ensemble(lab: Lab, *, scale: str = "quick", n: int | None = None, ipcs
 
     # ---- students: single vs ensemble labels on the same images --------------------------------------------
     rows: list[dict[str, Any]] = []
-    recipes = {ipc: student_recipe(p, ipc, scale=scale, student_epochs=student_epochs) for ipc in ipc_list}
+    recipes = {ipc: student_recipe(p, ipc, student_epochs=student_epochs) for ipc in ipc_list}
     grid = [(ipc, source, label, experts) for ipc in ipc_list for source, label, experts in (
         ("single", LabelSpec(kind="soft", expert_epoch=epochs[ipc]), members[:1]),
         ("ensemble", LabelSpec(kind="soft", expert_epoch=epochs[ipc], ensemble=n), members))]
-    results = lab.evaluate_many([  # one call: the students may train in parallel (see Lab.workers)
-        CellSpec(ipc=ipc, label=label, student=recipes[ipc], seeds=tuple(seed_ids), experts=tuple(experts),
-                 image_seed=IMAGE_SEED, protocol="clean", study=NAME) for ipc, _, label, experts in grid])
-    by_cell = {(ipc, source): {"ipc": ipc, "expert_epoch": epochs[ipc], "labels": source, "n_experts": label.ensemble,
-                               "student_epochs": recipes[ipc].epochs, **cell_stats(res)}
-               for (ipc, source, label, _), res in zip(grid, results, strict=True)}
+    results = lab.evaluate_many(
+        [  # one call: the students may train in parallel (see Lab.workers)
+            CellSpec(
+                set=SetSpec(ipc=ipc, label=label, image_seed=IMAGE_SEED),
+                student=recipes[ipc],
+                seeds=tuple(seed_ids),
+                experts=tuple(experts),
+                study=NAME,
+            )
+            for ipc, _, label, experts in grid
+        ]
+    )
+    by_cell = {
+        (ipc, source): {
+            "ipc": ipc,
+            "expert_epoch": epochs[ipc],
+            "labels": source,
+            "n_experts": label.ensemble,
+            "student_epochs": recipes[ipc].epochs,
+            **cell_stats(res),
+        }
+        for (ipc, source, label, _), res in zip(grid, results, strict=True)
+    }
     for ipc in ipc_list:
         single, ens = by_cell[(ipc, "single")], by_cell[(ipc, "ensemble")]
-        ens["delta"], single["delta"] = ens["mean"] - single["mean"], 0.0
+        ens["delta"], single["delta"] = ens["test_mean"] - single["test_mean"], 0.0
         rows += [single, ens]
 
-    # ---- labels: JSD and argmax agreement per expert epoch ---------------------------------------------------
+    # ---- labels: JSD and argmax agreement per expert epoch -------------------------------------------------
     counts = torch.bincount(prep.train_targets.long(), minlength=num_classes)
     per_class = max(1, min(pool_n // num_classes, int(counts.min())))
     pos = random_per_class(prep.train_targets, ipc=per_class, num_classes=num_classes, seed=POOL_SEED)
@@ -121,9 +155,16 @@ def study_ensemble(lab: Lab, *, scale: str = "quick", n: int | None = None, ipcs
     test_x, test_y = prep.tensors("test", device=lab.device)
     label_rows = []
     for e in lab_epochs:
-        single = label_images(prep, pos, LabelSpec(kind="soft", expert_epoch=e), members[:1], device=lab.device)
+        single = label_images(
+            prep,
+            pos,
+            LabelSpec(kind="soft", expert_epoch=e),
+            members[:1],
+            device=lab.device,
+            cache=lab.logits,
+        )
         ens = label_images(prep, pos, LabelSpec(kind="soft", expert_epoch=e, ensemble=n), members,
-                           device=lab.device)
+                           device=lab.device, cache=lab.logits)
         rec = {"expert_epoch": e, "images": int(pos.numel()), **compare_labels(single, ens, y)}
         if e in epochs.values():
             for key, ex in (("single_expert_test_acc", members[:1]), ("ensemble_expert_test_acc", members)):
@@ -148,35 +189,40 @@ def study_ensemble(lab: Lab, *, scale: str = "quick", n: int | None = None, ipcs
         "label_epochs": lab_epochs, "pool_images": int(pos.numel()), "pool_seed": POOL_SEED,
         "image_seed": IMAGE_SEED, "truncate_members": truncate,
     }
-    finding = _finding(rows, label_rows, epochs, n)
-    return StudyResult(NAME, rows, summary, figures, protocol="clean", settings=settings, finding=finding)
+    finding = verdict(rows, label_rows, epochs, n)
+    return StudyResult(
+        name=NAME, rows=rows, summary=summary, figures=figures, settings=settings, finding=finding
+    )
 
 
-def _finding(rows: list[dict], label_rows: list[dict], epochs: dict[int, int], n: int) -> str:
+def verdict(rows: list[dict], label_rows: list[dict], epochs: dict[int, int], n: int) -> str:
     if n == 1:
         return "Not assessed: an ensemble of n = 1 expert is the single expert (labels identical, JSD 0)."
     ens = [r for r in rows if r["labels"] == "ensemble"]
     single = {r["ipc"]: r for r in rows if r["labels"] == "single"}
     parts, clear = [], []
     for r in ens:
-        noise = max(single[r["ipc"]]["std"], r["std"]) if finite(r["std"]) else 0.0
+        noise = max(single[r["ipc"]]["test_std"], r["test_std"]) if finite(r["test_std"]) else 0.0
         clear.append(abs(r["delta"]) > noise)
         tag = "" if clear[-1] else " (within seed noise)"
-        parts.append(f"IPC {r['ipc']} (epoch {r['expert_epoch']}): {pct(single[r['ipc']]['mean'])} -> "
-                     f"{pct(r['mean'])}, {100 * r['delta']:+.1f} points{tag}")
+        parts.append(f"IPC {r['ipc']} (epoch {r['expert_epoch']}): {pct(single[r['ipc']]['test_mean'])} -> "
+                     f"{pct(r['test_mean'])}, {100 * r['delta']:+.1f} points{tag}")
     up = [r["delta"] > 0 for r in ens if finite(r["delta"])]
     if up and all(up):
-        verdict = "Holds here" if any(clear) else "Holds only within seed noise"
+        claim = "Holds here" if any(clear) else "Holds only within seed noise"
     else:
-        verdict = ("Partly holds" if any(up) else
+        claim = ("Partly holds" if any(up) else
                    "Does not hold here" if any(clear) else "Not seen here (no difference beyond seed noise)")
     lab_by_e = {r["expert_epoch"]: r for r in label_rows}
     lr = [lab_by_e[e] for e in sorted(set(epochs.values())) if e in lab_by_e]
     label_txt = "; ".join(
-        f"epoch {r['expert_epoch']}: mean JSD {r['jsd_mean']:.3f}, argmax agreement {pct(r['argmax_agreement'])}, "
-        f"argmax = true class {pct(r['single_argmax_correct'])} (single) vs {pct(r['ensemble_argmax_correct'])} "
-        f"(ensemble)" for r in lr)
-    return (f"{verdict}: {n}-expert ensemble labels vs one expert - " + "; ".join(parts)
+        f"epoch {r['expert_epoch']}: mean JSD {r['jsd_mean']:.3f}, "
+        f"argmax agreement {pct(r['argmax_agreement'])}, argmax = true class "
+        f"{pct(r['single_argmax_correct'])} (single) vs {pct(r['ensemble_argmax_correct'])} "
+        f"(ensemble)"
+        for r in lr
+    )
+    return (f"{claim}: {n}-expert ensemble labels vs one expert - " + "; ".join(parts)
             + (f". Labels: {label_txt}." if label_txt else "."))
 
 
@@ -187,16 +233,22 @@ def _write_csv(path, rows: list[dict]) -> None:
 
 def _plot(rows, label_rows, n, path, *, dataset: str):
     from ..report.plots import merged_legend, save_figure
+    from ..report.plots import plt as pl
 
-    pl = pyplot()
     fig, (ax, bx) = pl.subplots(1, 2, figsize=(10, 3.8))
     ipcs = sorted({r["ipc"] for r in rows})
     width = 0.38
     for j, (src, color) in enumerate((("single", "tab:blue"), ("ensemble", "tab:orange"))):
         rs = [next(r for r in rows if r["ipc"] == i and r["labels"] == src) for i in ipcs]
-        ax.bar([i + (j - 0.5) * width for i in range(len(ipcs))], [100 * r["mean"] for r in rs], width,
-               yerr=[100 * (r["std"] if finite(r["std"]) else 0) for r in rs], capsize=3, color=color,
-               label="1 expert" if src == "single" else f"ensemble of {n}")
+        ax.bar(
+            [i + (j - 0.5) * width for i in range(len(ipcs))],
+            [100 * r["test_mean"] for r in rs],
+            width,
+            yerr=[100 * (r["test_std"] if finite(r["test_std"]) else 0) for r in rs],
+            capsize=3,
+            color=color,
+            label="1 expert" if src == "single" else f"ensemble of {n}",
+        )
     ax.set_xticks(range(len(ipcs)))
     ax.set_xticklabels([f"IPC {i}\n(epoch {next(r['expert_epoch'] for r in rows if r['ipc'] == i)})"
                         for i in ipcs])
@@ -205,7 +257,9 @@ def _plot(rows, label_rows, n, path, *, dataset: str):
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3, axis="y")
     es = [r["expert_epoch"] for r in label_rows]
-    bx.plot(es, [r["jsd_mean"] for r in label_rows], "o-", color="tab:purple", label="mean JSD(single, ensemble)")
+    bx.plot(
+        es, [r["jsd_mean"] for r in label_rows], "o-", color="tab:purple", label="mean JSD(single, ensemble)"
+    )
     bx.set_xlabel("expert epoch")
     bx.set_ylabel("Jensen-Shannon distance")
     cx = bx.twinx()
@@ -213,7 +267,9 @@ def _plot(rows, label_rows, n, path, *, dataset: str):
             label="argmax = true (single)")
     cx.plot(es, [100 * r["ensemble_argmax_correct"] for r in label_rows], "^--", ms=3, color="tab:orange",
             label="argmax = true (ensemble)")
-    cx.plot(es, [100 * r["argmax_agreement"] for r in label_rows], ":", color="tab:gray", label="argmax agreement")
+    cx.plot(
+        es, [100 * r["argmax_agreement"] for r in label_rows], ":", color="tab:gray", label="argmax agreement"
+    )
     cx.set_ylabel("% of images")
     merged_legend(bx, cx, fontsize=7, loc="best")
     bx.set_title("labels on a train-pool sample", fontsize=9)

@@ -3,9 +3,9 @@
 For a subject class c, three sets built from the same random images and expert labels:
 
 - ``control``: unchanged.
-- ``remove-images`` ("remove data"): the images of class c are dropped with their labels; the other
-  images keep their full soft labels, including the mass on column c, so the student can only learn c
-  zero-shot from the other classes' labels.
+- ``remove-images`` ("remove data"): the images of class c are dropped with their labels (set treatment
+  ``drop-class:cls=c``); the other images keep their full soft labels, including the mass on column c, so
+  the student can only learn c zero-shot from the other classes' labels.
 - ``remove-knowledge``: all images kept; column c is zeroed in the labels of every image not of class c
   (transform ``remove-class:cls=c,renorm=R``; no renormalisation by default, as the paper).
 
@@ -16,53 +16,48 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from functools import partial
 from typing import Any
 
-import torch
-
-from ..compressed import CompressedSet
-from ..config import LabelSpec, Preset
-from ..data.prepared import PreparedData
-from ..distill import build_compressed_set
+from ..analysis.stats import mean_std
+from ..config import LabelSpec
+from ..engine.evaluation import per_class_accuracy, predict
 from ..experts import Trajectory
 from ..lab import CellSpec, Lab
-from ..train import per_class_accuracy, predict
+from ..presets import Preset
+from ..sets.spec import SetSpec
 from ..validation import check_choice, check_positive_int
-from .base import StudyResult, int_list, mean_std, metric_of, pct, register_study, study_dir
-from .expert_epoch import chosen_epochs, group_options, group_settings, student_recipe
+from .base import (
+    StudyResult,
+    common_options,
+    common_settings,
+    expert_epochs,
+    int_list,
+    metric_of,
+    pct,
+    register_study,
+    student_recipe,
+    study_dir,
+)
 
 NAME = "knowledge"
 TREATMENTS = ("control", "remove-images", "remove-knowledge")
 QUICK_SUBJECTS = 3
+QUICK_IPCS = (1, 10)
 
 
-def treatment_label(label: LabelSpec, *, subject: int, treatment: str, renorm: bool = False) -> LabelSpec:
-    """The label spec of a treatment: ``remove-knowledge`` adds the class-removal transform."""
+def knowledge_spec(label: LabelSpec, *, ipc: int, image_seed: int, subject: int, treatment: str,
+                   renorm: bool = False) -> SetSpec:
+    """The set of one (subject, treatment) cell; ``label`` is the untreated spec. ``remove-knowledge`` adds
+    the class-removal label transform, ``remove-images`` the ``drop-class`` treatment."""
     check_choice("treatment", treatment, TREATMENTS)
-    if treatment != "remove-knowledge":
-        return label
+    if treatment == "control":
+        return SetSpec(ipc=ipc, label=label, image_seed=image_seed)
+    if treatment == "remove-images":
+        return SetSpec(ipc=ipc, label=label, image_seed=image_seed, treatment=f"drop-class:cls={subject}")
     if label.transform != "none":
         raise ValueError(f"knowledge removal composes with no other transform, got {label.transform!r}")
-    return label.replace(transform=f"remove-class:cls={subject},renorm={int(renorm)}")
-
-
-def knowledge_set(prepared: PreparedData, *, ipc: int, label: LabelSpec, experts: Sequence[Trajectory],
-                  seed: int, subject: int, treatment: str, renorm: bool = False,
-                  device: str | torch.device = "cpu") -> CompressedSet:
-    """The compressed set of one (subject, treatment) cell; ``label`` is the untreated spec."""
-    if not 0 <= subject < prepared.num_classes:
-        raise ValueError(f"subject must be a class in 0..{prepared.num_classes - 1}, got {subject}")
-    spec = treatment_label(label, subject=subject, treatment=treatment, renorm=renorm)
-    cset = build_compressed_set(prepared, ipc=ipc, label=spec, experts=experts, seed=seed, device=device)
-    if treatment != "remove-images":
-        return cset
-    keep = cset.targets != subject
-    man = {k: v for k, v in cset.manifest.items() if k != "nbytes"}
-    man["source_indices"] = [s for s, k in zip(man["source_indices"], keep.tolist(), strict=True) if k]
-    man["removed_class"] = int(subject)
-    out = CompressedSet(cset.images[keep].clone(), cset.labels[keep].clone(), cset.targets[keep].clone(), man)
-    return out.encode(image_codec=man["image_codec"], label_codec=man["label_codec"])
+    return SetSpec(ipc=ipc, label=label.replace(transform=f"remove-class:cls={subject},renorm={int(renorm)}"),
+                   image_seed=image_seed)
 
 
 def expert_class_accuracy(lab: Lab, expert: Trajectory, epoch: int) -> list[float]:
@@ -86,11 +81,12 @@ def pick_subjects(class_acc: Sequence[float], n: int) -> list[int]:
 def study_knowledge(lab: Lab, *, scale: str = "quick", ipcs: Sequence[int] | None = None,
                     subjects: Sequence[int] | None = None, n_subjects: int | None = None,
                     renorm: bool = False,
-                    seeds: int | Sequence[int] | None = None, student_epochs: int | None = None,
+                    seeds: Sequence[int] | None = None, student_epochs: int | None = None,
                     expert_epoch: int | dict | None = None, image_seed: int = 0,
                     preset: Preset | str | None = None) -> StudyResult:
     """Per IPC and subject class: accuracy on the subject's test images under the three treatments."""
-    p, ipc_list, seed_ids, image_seed = group_options(scale, preset, ipcs, seeds, image_seed)
+    p, ipc_list, seed_ids, image_seed = common_options(scale, preset, ipcs, seeds, image_seed=image_seed,
+                                                       ipcs_default=QUICK_IPCS if scale == "quick" else None)
     if not isinstance(renorm, bool):
         raise TypeError(f"renorm must be True or False, got {renorm!r}")
     prep = lab.prepared
@@ -107,31 +103,27 @@ def study_knowledge(lab: Lab, *, scale: str = "quick", ipcs: Sequence[int] | Non
         n = QUICK_SUBJECTS if scale == "quick" else c
         n = check_positive_int("n_subjects", n_subjects) if n_subjects is not None else n
         subject_list = pick_subjects(class_acc, n)
-    epochs, how = chosen_epochs(lab, p, expert, ipc_list, expert_epoch)
+    epochs, how = expert_epochs(lab, p, expert, ipc_list, expert_epoch)
     names = list(prep.dataset.classes)
 
     rows: list[dict[str, Any]] = []
-    recipes = {ipc: student_recipe(p, ipc, scale=scale, student_epochs=student_epochs) for ipc in ipc_list}
+    recipes = {ipc: student_recipe(p, ipc, student_epochs=student_epochs) for ipc in ipc_list}
     labels = {ipc: LabelSpec(kind="soft", expert_epoch=epochs[ipc]) for ipc in ipc_list}
     # every cell in one call (the students may train in parallel, see Lab.workers): per IPC a control, then
     # per subject each treatment
     keys: list[tuple[int, int | None, str]] = []
     specs: list[CellSpec] = []
     for ipc in ipc_list:
-        common = dict(ipc=ipc, student=recipes[ipc], seeds=tuple(seed_ids), experts=(expert,),
-                      image_seed=image_seed, protocol="clean", study=NAME)
+        common = dict(student=recipes[ipc], seeds=tuple(seed_ids), experts=(expert,), study=NAME)
         keys.append((ipc, None, "control"))
-        specs.append(CellSpec(label=labels[ipc], extra={"treatment": "control"}, **common))
+        specs.append(CellSpec(set=SetSpec(ipc=ipc, label=labels[ipc], image_seed=image_seed), **common))
         for subject in subject_list:
             for t in TREATMENTS[1:]:
-                extra: dict[str, Any] = {"treatment": t, "subject": subject}
-                if t == "remove-knowledge":
-                    extra["renorm"] = renorm
-                make = partial(knowledge_set, prep, ipc=ipc, label=labels[ipc], experts=[expert], seed=image_seed,
-                               subject=subject, treatment=t, renorm=renorm, device=lab.device)
                 keys.append((ipc, subject, t))
-                specs.append(CellSpec(label=treatment_label(labels[ipc], subject=subject, treatment=t, renorm=renorm),
-                                      extra=extra, make_set=make, eval_classes=(subject,), **common))
+                spec = knowledge_spec(
+                    labels[ipc], ipc=ipc, image_seed=image_seed, subject=subject, treatment=t, renorm=renorm
+                )
+                specs.append(CellSpec(set=spec, eval_classes=(subject,), **common))
     results = dict(zip(keys, lab.evaluate_many(specs), strict=True))
     for ipc in ipc_list:
         control = results[(ipc, None, "control")]
@@ -152,21 +144,23 @@ def study_knowledge(lab: Lab, *, scale: str = "quick", ipcs: Sequence[int] | Non
                              "relative": s_mean / ref if ref > 0 else float("nan"),
                              "test_mean": t_mean, "test_std": t_std, "n": len(accs)})
 
-    summary = {str(ipc): _summarize([r for r in rows if r["ipc"] == ipc], c) for ipc in ipc_list}
+    summary = {str(ipc): summarize([r for r in rows if r["ipc"] == ipc], c) for ipc in ipc_list}
     figs = [_plot(rows, c, study_dir(lab, NAME) / "knowledge.png", dataset=lab.data.name)]
-    settings = {**group_settings(p, expert, recipes, scale=scale, ipcs=ipc_list, seeds=seed_ids,
-                                 image_seed=image_seed),
+    settings = {**common_settings(p, expert, recipes, scale=scale, ipcs=ipc_list, seeds=seed_ids,
+                                  image_seed=image_seed),
                 "expert_epochs": epochs, "expert_epoch_choice": how, "subjects": subject_list,
                 "renorm": renorm,
                 "subject_choice": ("given" if subjects is not None else
                                    "spread from easiest to hardest by the final expert's per-class "
                                    "validation accuracy"),
                 "metric": "test accuracy on the subject class's test images, final student epoch"}
-    finding = " ".join(_finding(int(ipc), s) for ipc, s in summary.items())
-    return StudyResult(NAME, rows, summary, figs, "clean", settings, finding)
+    finding = " ".join(verdict(int(ipc), s) for ipc, s in summary.items())
+    return StudyResult(
+        name=NAME, rows=rows, summary=summary, figures=figs, settings=settings, finding=finding
+    )
 
 
-def _summarize(cells: list[dict], c: int) -> dict[str, Any]:
+def summarize(cells: list[dict], c: int) -> dict[str, Any]:
     out: dict[str, Any] = {"chance": 1.0 / c, "subjects": sorted({r["subject"] for r in cells})}
     for t in TREATMENTS:
         vals = [r["subject_mean"] for r in cells if r["treatment"] == t]
@@ -174,7 +168,7 @@ def _summarize(cells: list[dict], c: int) -> dict[str, Any]:
     return out
 
 
-def _finding(ipc: int, s: dict) -> str:
+def verdict(ipc: int, s: dict) -> str:
     ctrl, img, know, chance = s["control"], s["remove-images"], s["remove-knowledge"], s["chance"]
     head = (f"IPC {ipc}, mean over {len(s['subjects'])} subject classes: control {pct(ctrl)}, remove images "
             f"{pct(img)} (zero-shot; chance {pct(chance)}), remove knowledge {pct(know)}")
@@ -183,17 +177,17 @@ def _finding(ipc: int, s: dict) -> str:
     zero_shot = img > 2 * chance
     worse = know < img
     if zero_shot and worse:
-        verdict = ("students still learn the absent class from the other labels and removing the knowledge "
+        claim = ("students still learn the absent class from the other labels and removing the knowledge "
                    "hurts more than removing the images, as in the paper")
     elif worse:
-        verdict = ("removing knowledge hurts more than removing images, but zero-shot accuracy is not well "
+        claim = ("removing knowledge hurts more than removing images, but zero-shot accuracy is not well "
                    "above chance, so only half of the paper's finding holds")
     elif zero_shot:
-        verdict = ("zero-shot learning works, but removing knowledge does not hurt more than removing "
+        claim = ("zero-shot learning works, but removing knowledge does not hurt more than removing "
                    "images, unlike the paper")
     else:
-        verdict = "neither part of the paper's finding holds here"
-    return f"{head}: {verdict}."
+        claim = "neither part of the paper's finding holds here"
+    return f"{head}: {claim}."
 
 
 def _plot(rows: list[dict], c: int, path, *, dataset: str):

@@ -16,8 +16,7 @@ from typing import Any
 
 import torch
 
-from ..config import LabelSpec, Preset
-from ..distill import label_images
+from ..config import LabelSpec
 from ..lab import Lab
 from ..labels.diagnostics import (
     class_similarity,
@@ -27,22 +26,25 @@ from ..labels.diagnostics import (
     rank_by_quality,
     summarize,
 )
-from ..selection import random_per_class
+from ..labels.generate import label_images
+from ..presets import Preset
+from ..sets.selection import random_per_class
 from ..validation import check_positive_int
-from .base import StudyResult, int_list, pct, register_study, resolve_preset, study_dir
-from .scaling import finite, pyplot
+from .base import (
+    StudyResult,
+    expert_history_value,
+    finite,
+    int_list,
+    pct,
+    register_study,
+    resolve_preset,
+    study_dir,
+)
 
 NAME = "labels"
 QUICK_CURVE_IMAGES = 10000
 CURVE_SEED = 4242
 STRUCTURE_RATIO = 2.0  # "structured" if the top pair's mean probability is >= 2x the mean off-class entry
-
-
-def _history(expert, epoch: int, key: str) -> float:
-    for h in expert.history():
-        if int(h["epoch"]) == epoch and h.get(key) is not None:
-            return float(h[key])
-    return math.nan
 
 
 def similar_pairs(sim: torch.Tensor, classes: Sequence[str], *, top: int) -> list[dict[str, Any]]:
@@ -52,7 +54,9 @@ def similar_pairs(sim: torch.Tensor, classes: Sequence[str], *, top: int) -> lis
     iu = torch.triu_indices(c, c, offset=1)
     vals = sym[iu[0], iu[1]]
     ok = ~torch.isnan(vals)
-    order = torch.argsort(torch.where(ok, vals, torch.full_like(vals, -math.inf)), descending=True, stable=True)
+    order = torch.argsort(
+        torch.where(ok, vals, torch.full_like(vals, -math.inf)), descending=True, stable=True
+    )
     out = []
     for j in order[: min(top, int(ok.sum()))].tolist():
         a, b = int(iu[0, j]), int(iu[1, j])
@@ -62,9 +66,19 @@ def similar_pairs(sim: torch.Tensor, classes: Sequence[str], *, top: int) -> lis
 
 
 @register_study(NAME, help="E14 / Fig. 10: label entropy, confidence, class-similarity map, worst samples")
-def study_labels(lab: Lab, *, scale: str = "quick", epoch: int | None = None, epochs: Sequence[int] | None = None,
-                 ipc: int | None = None, image_seed: int = 0, curve_images: int | None = None, worst: int = 12,
-                 top_pairs: int = 5, preset: Preset | str | None = None) -> StudyResult:
+def study_labels(
+    lab: Lab,
+    *,
+    scale: str = "quick",
+    epoch: int | None = None,
+    epochs: Sequence[int] | None = None,
+    ipc: int | None = None,
+    image_seed: int = 0,
+    curve_images: int | None = None,
+    worst: int = 12,
+    top_pairs: int = 5,
+    preset: Preset | str | None = None,
+) -> StudyResult:
     """Diagnostics of the expert's labels at ``epoch`` and a summary per epoch of ``epochs``."""
     p = resolve_preset(scale, preset)
     worst = check_positive_int("worst", worst)
@@ -92,7 +106,9 @@ def study_labels(lab: Lab, *, scale: str = "quick", epoch: int | None = None, ep
     else:
         pos = torch.arange(targets.numel())
         source = f"whole train pool ({pos.numel()} images)"
-        n_curve = curve_images if curve_images is not None else (QUICK_CURVE_IMAGES if scale == "quick" else None)
+        n_curve = (
+            curve_images if curve_images is not None else (QUICK_CURVE_IMAGES if scale == "quick" else None)
+        )
         counts = torch.bincount(targets.long(), minlength=num_classes)
         if n_curve is None or check_positive_int("curve_images", n_curve) >= pos.numel():
             curve_pos = pos
@@ -101,18 +117,26 @@ def study_labels(lab: Lab, *, scale: str = "quick", epoch: int | None = None, ep
             curve_pos = random_per_class(targets, ipc=per_class, num_classes=num_classes, seed=CURVE_SEED)
 
     def labels_at(e: int, where: torch.Tensor) -> torch.Tensor:
-        return label_images(prep, where, LabelSpec(kind="soft", expert_epoch=e), [expert], device=lab.device).cpu()
+        return label_images(prep, where, LabelSpec(kind="soft", expert_epoch=e), [expert], device=lab.device,
+                            cache=lab.logits).cpu()
 
     # ---- per-epoch summaries ------------------------------------------------------------------------------
     y_curve = targets[curve_pos]
     rows: list[dict[str, Any]] = []
     for e in epoch_list:
         lab_e = labels_at(e, curve_pos)
-        rows.append({"epoch": e, "images": int(curve_pos.numel()), "expert_test_acc": _history(expert, e, "test_acc"),
-                     "expert_val_acc": _history(expert, e, "val_acc"), **summarize(lab_e, y_curve),
-                     "median_entropy": float(entropy(lab_e).median())})
+        rows.append(
+            {
+                "epoch": e,
+                "images": int(curve_pos.numel()),
+                "expert_test_acc": expert_history_value(expert, e, "test_acc"),
+                "expert_val_acc": expert_history_value(expert, e, "val_acc"),
+                **summarize(lab_e, y_curve),
+                "median_entropy": float(entropy(lab_e).median()),
+            }
+        )
 
-    # ---- detailed diagnostics at one epoch -------------------------------------------------------------------
+    # ---- detailed diagnostics at one epoch -----------------------------------------------------------------
     labels = labels_at(epoch, pos)
     y = targets[pos]
     h, conf = entropy(labels), confidence(labels)
@@ -120,9 +144,18 @@ def study_labels(lab: Lab, *, scale: str = "quick", epoch: int | None = None, ep
     sim = class_similarity(labels, y, num_classes=num_classes)
     quality = label_quality_scores(labels, y)
     ranked = rank_by_quality(labels, y)[:worst]
-    worst_rows = [{"rank": r + 1, "pool_position": int(pos[j]), "dataset_index": int(prep.train_idx[pos[j]]),
-                   "true": classes[int(y[j])], "predicted": classes[int(labels[j].argmax())],
-                   "p_true": float(quality[j]), "confidence": float(conf[j])} for r, j in enumerate(ranked.tolist())]
+    worst_rows = [
+        {
+            "rank": r + 1,
+            "pool_position": int(pos[j]),
+            "dataset_index": int(prep.train_idx[pos[j]]),
+            "true": classes[int(y[j])],
+            "predicted": classes[int(labels[j].argmax())],
+            "p_true": float(quality[j]),
+            "confidence": float(conf[j]),
+        }
+        for r, j in enumerate(ranked.tolist())
+    ]
     pairs = similar_pairs(sim, classes, top=top_pairs)
     off = sim[~torch.isnan(sim)]
     mean_off = float(off.mean()) if off.numel() else math.nan
@@ -133,10 +166,15 @@ def study_labels(lab: Lab, *, scale: str = "quick", epoch: int | None = None, ep
             continue
         j = int(torch.where(torch.isnan(row), torch.full_like(row, -math.inf), row).argmax())
         nearest.append({"class": classes[c], "most_similar": classes[j], "mean_prob": float(row[j])})
-    detail = {**summarize(labels, y), "epoch": epoch, "images": int(pos.numel()),
-              "median_entropy": float(h.median()), "mean_entropy_correct": float(h[correct].mean()) if correct.any()
-              else math.nan, "mean_entropy_wrong": float(h[~correct].mean()) if (~correct).any() else math.nan,
-              "mean_off_class_prob": mean_off}
+    detail = {
+        **summarize(labels, y),
+        "epoch": epoch,
+        "images": int(pos.numel()),
+        "median_entropy": float(h.median()),
+        "mean_entropy_correct": float(h[correct].mean()) if correct.any() else math.nan,
+        "mean_entropy_wrong": float(h[~correct].mean()) if (~correct).any() else math.nan,
+        "mean_off_class_prob": mean_off,
+    }
 
     folder = study_dir(lab, NAME)
     figures = [
@@ -146,18 +184,36 @@ def study_labels(lab: Lab, *, scale: str = "quick", epoch: int | None = None, ep
     ]
     ratio = pairs[0]["mean_prob"] / mean_off if pairs and mean_off > 0 else math.nan
     summary = {
-        "epoch": epoch, "label_set": source, "detail": detail, "similar_pairs": pairs, "nearest_class": nearest,
-        "structure_ratio": ratio, "worst_samples": worst_rows,
-        "similarity_matrix": [[None if math.isnan(v) else v for v in r] for r in sim.tolist()], "classes": classes,
+        "epoch": epoch,
+        "label_set": source,
+        "detail": detail,
+        "similar_pairs": pairs,
+        "nearest_class": nearest,
+        "structure_ratio": ratio,
+        "worst_samples": worst_rows,
+        "similarity_matrix": [[None if math.isnan(v) else v for v in r] for r in sim.tolist()],
+        "classes": classes,
     }
-    settings = {"scale": scale, "preset": p.name, "expert": p.expert.to_dict(), "expert_key": expert.key,
-                "epoch": epoch, "epochs": epoch_list, "label_set": source, "curve_images": int(curve_pos.numel()),
-                "worst": worst, "top_pairs": top_pairs, "structure_ratio_threshold": STRUCTURE_RATIO}
-    finding = _finding(rows, pairs, ratio, epoch)
-    return StudyResult(NAME, rows, summary, figures, protocol="clean", settings=settings, finding=finding)
+    settings = {
+        "scale": scale,
+        "preset": p.name,
+        "expert": p.expert.to_dict(),
+        "expert_key": expert.key,
+        "epoch": epoch,
+        "epochs": epoch_list,
+        "label_set": source,
+        "curve_images": int(curve_pos.numel()),
+        "worst": worst,
+        "top_pairs": top_pairs,
+        "structure_ratio_threshold": STRUCTURE_RATIO,
+    }
+    finding = verdict(rows, pairs, ratio, epoch)
+    return StudyResult(
+        name=NAME, rows=rows, summary=summary, figures=figures, settings=settings, finding=finding
+    )
 
 
-def _finding(rows: list[dict], pairs: list[dict], ratio: float, epoch: int) -> str:
+def verdict(rows: list[dict], pairs: list[dict], ratio: float, epoch: int) -> str:
     first, lastr = rows[0], rows[-1]
     ents = [r["mean_entropy"] for r in rows]
     mono = all(a >= b for a, b in zip(ents, ents[1:], strict=False))
@@ -169,16 +225,18 @@ def _finding(rows: list[dict], pairs: list[dict], ratio: float, epoch: int) -> s
     if not pairs or not finite(ratio):
         return trend + " Class structure not assessed (no off-class mass)."
     top = pairs[0]
-    verdict = "structured (holds here)" if ratio >= STRUCTURE_RATIO else "weakly structured (does not clearly hold)"
-    return (trend + f" At epoch {epoch} the non-top mass is {verdict}: the most similar pair is "
+    claim = (
+        "structured (holds here)" if ratio >= STRUCTURE_RATIO else "weakly structured (does not clearly hold)"
+    )
+    return (trend + f" At epoch {epoch} the non-top mass is {claim}: the most similar pair is "
             f"{top['a']} <-> {top['b']} (mean probability {top['mean_prob']:.3f}, {ratio:.1f}x the mean "
             f"off-class entry).")
 
 
 def _plot_overview(h, conf, correct, rows, epoch, path, *, dataset: str):
     from ..report.plots import merged_legend, save_figure
+    from ..report.plots import plt as pl
 
-    pl = pyplot()
     fig, (a1, a2, a3) = pl.subplots(1, 3, figsize=(13, 3.6))
     for ax, vals, name in ((a1, h, "entropy (nats)"), (a2, conf, "confidence (max probability)")):
         ax.hist([vals[correct].numpy(), vals[~correct].numpy()], bins=40, stacked=True,
@@ -206,9 +264,9 @@ def _plot_overview(h, conf, correct, rows, epoch, path, *, dataset: str):
 def _plot_similarity(sim, classes, epoch, path, *, dataset: str):
     import numpy as np
 
+    from ..report.plots import plt as pl
     from ..report.plots import save_figure
 
-    pl = pyplot()
     c = len(classes)
     size = min(14.0, 2.5 + 0.45 * c)
     fig, ax = pl.subplots(figsize=(size + 1, size))
@@ -227,9 +285,9 @@ def _plot_similarity(sim, classes, epoch, path, *, dataset: str):
 
 
 def _plot_worst(ds, prep, pos, ranked, labels, y, classes, path):
+    from ..report.plots import plt as pl
     from ..report.plots import save_figure
 
-    pl = pyplot()
     k = len(ranked)
     cols = min(6, max(1, k))
     nrows = max(1, math.ceil(k / cols))
@@ -242,7 +300,9 @@ def _plot_worst(ds, prep, pos, ranked, labels, y, classes, path):
             ax.imshow(img[0].numpy(), cmap="gray")
         else:
             ax.imshow(img.permute(1, 2, 0).numpy())
-        ax.set_title(f"{classes[int(y[j])]}\n-> {classes[int(labels[j].argmax())]} p_y={float(labels[j, y[j]]):.2f}",
-                     fontsize=6)
+        ax.set_title(
+            f"{classes[int(y[j])]}\n-> {classes[int(labels[j].argmax())]} p_y={float(labels[j, y[j]]):.2f}",
+            fontsize=6,
+        )
     fig.suptitle("lowest label quality (p_y): true -> expert argmax", fontsize=8)
     return save_figure(fig, path, svg=True)

@@ -8,7 +8,6 @@ epoch at that IPC, so the k comparison is paired). Per k a law ``acc = a - b * i
 IPC needed to match each k's accuracy at the smallest IPC is read off the hard-label law. With full labels
 from several expert epochs, the Pareto frontier is the best epoch per IPC (chosen on validation accuracy).
 
-This module also holds small helpers shared by the ensemble, selection and labels studies.
 """
 
 from __future__ import annotations
@@ -17,63 +16,19 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from ..config import LabelSpec, Preset, StudentRecipe
-from ..experts import Trajectory
-from ..fit import LawFit, fit_saturating, ipc_to_match
-from ..frontier import upper_envelope
+from ..analysis.fit import LawFit, fit_saturating, ipc_to_match
+from ..analysis.frontier import upper_envelope
+from ..config import LabelSpec
 from ..lab import Lab
-from ..validation import check_positive_int
+from ..presets import Preset
 from . import base
-from .base import StudyResult, int_list, mean_std, metric_of, pct, register_study, study_dir
+from .base import StudyResult, cell_stats, finite, int_list, pct, register_study, student_recipe, study_dir
 
 NAME = "scaling"
 QUICK_IPCS = (1, 2, 5, 10)
 FULL_IPCS = (1, 2, 3, 4, 6, 8, 10, 12, 16, 20, 40)
-QUICK_STUDENT_EPOCHS = 150
+QUICK_SEEDS = 1
 IMAGE_SEED_BASE = 70_000  # image seed of a cell = base + ipc: fresh images per IPC, shared across k / epochs
-PROTOCOL_NOTE = ("clean protocol: choices (frontier epoch, default expert epoch) on validation accuracy; "
-                 "reported numbers are final-epoch test accuracy, mean ± std over student seeds")
-
-
-# ---------------------------------------------------------------------------------------------------------
-# helpers shared by this group of studies (scaling, ensemble, selection, labels)
-
-
-def student_recipe(preset: Preset, ipc: int, *, scale: str, student_epochs: int | None) -> StudentRecipe:
-    """The preset's student for ``ipc``; quick scale caps its epochs at the preset's sweep length (150)."""
-    recipe = preset.student_for(ipc)
-    if student_epochs is not None:
-        return recipe.replace(epochs=check_positive_int("student_epochs", student_epochs))
-    if scale == "quick":
-        recipe = recipe.replace(epochs=min(recipe.epochs, preset.sweep_student_epochs or QUICK_STUDENT_EPOCHS))
-    return recipe
-
-
-def epochs_per_ipc(lab: Lab, p: Preset, lead: Trajectory, ipcs: list[int],
-                   expert_epoch: int | dict | None) -> tuple[dict[int, int], str]:
-    """Expert epoch per IPC: ``expert_epoch`` (one for all, or {ipc: epoch}) or the validation choice."""
-    if expert_epoch is None:
-        return base.sweep_epochs(lab, p, lead, ipcs), "validation sweep of the main job (baseline-sweep)"
-    return base.given_epochs(expert_epoch, ipcs, lead), "given"
-
-
-def cell_stats(res: list[dict]) -> dict[str, Any]:
-    """``mean`` / ``std`` of final test accuracy over the cell's seeds, ``n``, ``val_mean`` and bytes."""
-    mean, std = mean_std(metric_of(res, "test_acc"))
-    val_mean, _ = mean_std(metric_of(res, "val_acc"))
-    return {"mean": mean, "std": std, "n": len(res), "val_mean": val_mean,
-            "nbytes": int(res[0]["nbytes"]) if res and res[0].get("nbytes") is not None else None}
-
-
-def finite(v: float | None) -> bool:
-    return v is not None and isinstance(v, (int, float)) and math.isfinite(v)
-
-
-def pyplot():
-    """matplotlib.pyplot with the non-interactive backend set by :mod:`softlabels.report.plots`."""
-    from ..report.plots import plt
-
-    return plt
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -111,7 +66,7 @@ def k_name(k: int, num_classes: int) -> str:
 @register_study(NAME, help="E7 / Fig. 6, 11: IPC x top-k knowledge grid, scaling-law fits, Pareto frontier")
 def study_scaling(lab: Lab, *, scale: str = "quick", ipcs: Sequence[int] | None = None,
                   ks: Sequence[int] | None = None, epochs: Sequence[int] | None = None,
-                  frontier_epochs: Sequence[int] | None = None, seeds: int | Sequence[int] | None = None,
+                  frontier_epochs: Sequence[int] | None = None, seeds: Sequence[int] | None = None,
                   student_epochs: int | None = None, renorm: bool = False,
                   preset: Preset | str | None = None) -> StudyResult:
     """IPC x k students at the ``epochs`` (default: the validation-chosen epoch at the smallest IPC and the
@@ -123,12 +78,12 @@ def study_scaling(lab: Lab, *, scale: str = "quick", ipcs: Sequence[int] | None 
     ipc_list = int_list("ipcs", ipcs if ipcs is not None else (QUICK_IPCS if scale == "quick" else FULL_IPCS))
     k_list = int_list("ks", ks if ks is not None else default_ks(scale, num_classes), minimum=0,
                       maximum=num_classes)
-    seed_ids = base.seed_list(seeds, default=1 if scale == "quick" else p.seeds)
+    seed_ids = base.seed_list(seeds, default=base.default_seeds(scale, p, quick=QUICK_SEEDS))
     expert = lab.expert(p.expert)
     last = expert.epochs_done
     epoch_source = "given"
     if epochs is None:
-        early = base.sweep_epochs(lab, p, expert, [ipc_list[0]])[ipc_list[0]]
+        early = base.expert_epochs(lab, p, expert, [ipc_list[0]])[0][ipc_list[0]]
         epoch_list = sorted({early, last})
         epoch_source = f"validation-chosen epoch at IPC {ipc_list[0]} ({early}) and the last epoch ({last})"
     else:
@@ -138,7 +93,7 @@ def study_scaling(lab: Lab, *, scale: str = "quick", ipcs: Sequence[int] | None 
     else:
         front_list = int_list("frontier_epochs", frontier_epochs, maximum=last)
 
-    recipes = {ipc: student_recipe(p, ipc, scale=scale, student_epochs=student_epochs) for ipc in ipc_list}
+    recipes = {ipc: student_recipe(p, ipc, student_epochs=student_epochs) for ipc in ipc_list}
     keys: list[tuple[int | None, int, int]] = []  # (expert epoch or None for hard labels, k, ipc)
     for e in epoch_list:
         for k in k_list:
@@ -146,9 +101,18 @@ def study_scaling(lab: Lab, *, scale: str = "quick", ipcs: Sequence[int] | None 
     for e in front_list:
         keys += [(e, num_classes, ipc) for ipc in ipc_list]
     keys = list(dict.fromkeys(keys))
-    labels = {key: label_for_k(key[1], epoch=key[0] or last, num_classes=num_classes, renorm=renorm) for key in keys}
-    results = base.evaluate_grid(lab, [(key[2], labels[key]) for key in keys], recipes=recipes, seeds=seed_ids,
-                                 expert=expert, study=NAME, image_seed=lambda ipc: IMAGE_SEED_BASE + ipc)
+    labels = {
+        key: label_for_k(key[1], epoch=key[0] or last, num_classes=num_classes, renorm=renorm) for key in keys
+    }
+    results = base.evaluate_grid(
+        lab,
+        [(key[2], labels[key]) for key in keys],
+        recipes=recipes,
+        seeds=seed_ids,
+        expert=expert,
+        study=NAME,
+        image_seed=lambda ipc: IMAGE_SEED_BASE + ipc,
+    )
     cells: dict[tuple[int | None, int, int], dict[str, Any]] = {}
     for key, res in zip(keys, results, strict=True):
         e, k, ipc = key
@@ -165,19 +129,19 @@ def study_scaling(lab: Lab, *, scale: str = "quick", ipcs: Sequence[int] | None 
     for e in epoch_list:
         fits[e] = {}
         for k in k_list:
-            pts = [(r["ipc"], r["mean"]) for r in rows if r["k"] == k and r["expert_epoch"] == (None if k == 0 else e)
-                   and finite(r["mean"])]
+            pts = [(r["ipc"], r["test_mean"]) for r in rows
+                   if r["k"] == k and r["expert_epoch"] == (None if k == 0 else e) and finite(r["test_mean"])]
             if len({x for x, _ in pts}) >= 2:
                 fits[e][k] = fit_saturating([x for x, _ in pts], [y for _, y in pts], floor=chance)
     m = ipc_list[0]
     matches: list[dict[str, Any]] = []
     for e in epoch_list:
         hard_fit = fits[e].get(0)
-        hard_pts = sorted((r["ipc"], r["mean"]) for r in rows if r["k"] == 0)
+        hard_pts = sorted((r["ipc"], r["test_mean"]) for r in rows if r["k"] == 0)
         for k in k_list:
             if k == 0 or (e, k, m) not in cells:
                 continue
-            target = cells[(e, k, m)]["mean"]
+            target = cells[(e, k, m)]["test_mean"]
             fitted = ipc_to_match(hard_fit, target) if hard_fit is not None and finite(target) else math.nan
             observed = next((x for x, y in hard_pts if finite(target) and y >= target), None)
             matches.append({
@@ -190,19 +154,28 @@ def study_scaling(lab: Lab, *, scale: str = "quick", ipcs: Sequence[int] | None 
     # ---- Pareto frontier over expert epochs (full labels), chosen on validation ------------------------
     fr = [cells[(e, num_classes, ipc)] for e in front_list for ipc in ipc_list]
     use_val = all(finite(r["val_mean"]) for r in fr)
-    env = upper_envelope([r["ipc"] for r in fr], [r["val_mean"] if use_val else r["mean"] for r in fr],
+    env = upper_envelope([r["ipc"] for r in fr], [r["val_mean"] if use_val else r["test_mean"] for r in fr],
                          [r["expert_epoch"] for r in fr])
-    frontier = [{"ipc": int(ipc), "best_epoch": int(ep), "test_acc": cells[(ep, num_classes, int(ipc))]["mean"],
-                 "val_acc": cells[(ep, num_classes, int(ipc))]["val_mean"]} for ipc, (_, ep) in env.items()]
+    frontier = [
+        {
+            "ipc": int(ipc),
+            "best_epoch": int(ep),
+            "test_acc": cells[(ep, num_classes, int(ipc))]["test_mean"],
+            "val_acc": cells[(ep, num_classes, int(ipc))]["val_mean"],
+        }
+        for ipc, (_, ep) in env.items()
+    ]
     best_epochs = [f["best_epoch"] for f in frontier]
     nondecreasing = all(a <= b for a, b in zip(best_epochs, best_epochs[1:], strict=False))
 
     folder = study_dir(lab, NAME)
     figures = [_plot(rows, fits, frontier, epoch_list, front_list, k_list, num_classes, ipc_list,
                      folder / "scaling.png", dataset=lab.prepared.dataset.name)]
-    finding = _finding(cells, matches, epoch_list, k_list, num_classes, m, ipc_list, frontier, nondecreasing)
+    finding = verdict(cells, matches, epoch_list, k_list, num_classes, m, ipc_list, frontier, nondecreasing)
     summary = {
-        "fits": {str(e): {k_name(k, num_classes): f.to_dict() for k, f in fe.items()} for e, fe in fits.items()},
+        "fits": {
+            str(e): {k_name(k, num_classes): f.to_dict() for k, f in fe.items()} for e, fe in fits.items()
+        },
         "ipc_to_match": matches,
         "frontier": frontier,
         "frontier_chosen_on": "validation accuracy" if use_val else "test accuracy (no validation split)",
@@ -215,24 +188,28 @@ def study_scaling(lab: Lab, *, scale: str = "quick", ipcs: Sequence[int] | None 
         "epochs": epoch_list, "epochs_source": epoch_source, "frontier_epochs": front_list, "seeds": seed_ids,
         "renorm": renorm, "image_seed": f"{IMAGE_SEED_BASE} + ipc", "num_classes": num_classes,
     }
-    return StudyResult(NAME, rows, summary, figures, protocol="clean", settings=settings, finding=finding)
+    return StudyResult(
+        name=NAME, rows=rows, summary=summary, figures=figures, settings=settings, finding=finding
+    )
 
 
-def _finding(cells, matches, epoch_list, k_list, num_classes, m, ipc_list, frontier, nondecreasing) -> str:
+def verdict(cells, matches, epoch_list, k_list, num_classes, m, ipc_list, frontier, nondecreasing) -> str:
     if 0 not in k_list or not any(k > 0 for k in k_list):
         return "Knowledge-for-data trade not assessed: the grid needs k = 0 (hard labels) and some k > 0."
     e = epoch_list[0]
     kmax = max(k for k in k_list if k > 0)
-    soft, hard = cells[(e, kmax, m)]["mean"], cells[(None, 0, m)]["mean"]
+    soft, hard = cells[(e, kmax, m)]["test_mean"], cells[(None, 0, m)]["test_mean"]
     match = next(x for x in matches if x["expert_epoch"] == e and x["k"] == kmax)
-    accs = [cells[(e, k, m)]["mean"] if k else hard for k in k_list]
+    accs = [cells[(e, k, m)]["test_mean"] if k else hard for k in k_list]
     mono = all(a <= b + 1e-9 for a, b in zip(accs, accs[1:], strict=False))
     fitted = match["hard_ipc_fitted"]
     if not (finite(soft) and finite(hard)):
         return "Knowledge-for-data trade not assessed: missing accuracies."
     if soft <= hard:
-        return (f"Does not hold here: at IPC {m}, {k_name(kmax, num_classes)} labels (expert epoch {e}) reach "
-                f"{pct(soft)} vs {pct(hard)} with hard labels, so extra label knowledge does not replace data.")
+        return (
+            f"Does not hold here: at IPC {m}, {k_name(kmax, num_classes)} labels (expert epoch {e}) reach "
+            f"{pct(soft)} vs {pct(hard)} with hard labels, so extra label knowledge does not replace data."
+        )
     if fitted == math.inf:
         how = "the fitted hard-label law never reaches it"
     elif finite(fitted):
@@ -245,20 +222,31 @@ def _finding(cells, matches, epoch_list, k_list, num_classes, m, ipc_list, front
         f"; no hard-label cell up to IPC {ipc_list[-1]} matches it"
     frontier_txt = ""
     if len(frontier) > 1:
-        frontier_txt = (" The best expert epoch per IPC " + ("does not decrease" if nondecreasing else "is not monotone")
-                        + " with IPC (" + ", ".join(f"{f['ipc']}:{f['best_epoch']}" for f in frontier) + ").")
-    return (f"Holds here: at IPC {m}, {k_name(kmax, num_classes)} soft labels (expert epoch {e}) reach {pct(soft)} "
-            f"vs {pct(hard)} with hard labels; {how}{obs_txt}. Accuracy at IPC {m} "
-            + ("rises" if mono else "does not rise monotonically") + " with k ("
-            + ", ".join(f"k={k}: {pct(a)}" for k, a in zip(k_list, accs, strict=True)) + ")." + frontier_txt)
+        frontier_txt = (
+            " The best expert epoch per IPC "
+            + ("does not decrease" if nondecreasing else "is not monotone")
+            + " with IPC ("
+            + ", ".join(f"{f['ipc']}:{f['best_epoch']}" for f in frontier)
+            + ")."
+        )
+    return (
+        f"Holds here: at IPC {m}, {k_name(kmax, num_classes)} soft labels (expert epoch {e}) reach "
+        f"{pct(soft)} "
+        f"vs {pct(hard)} with hard labels; {how}{obs_txt}. Accuracy at IPC {m} "
+        + ("rises" if mono else "does not rise monotonically")
+        + " with k ("
+        + ", ".join(f"k={k}: {pct(a)}" for k, a in zip(k_list, accs, strict=True))
+        + ")."
+        + frontier_txt
+    )
 
 
 def _plot(rows, fits, frontier, epoch_list, front_list, k_list, num_classes, ipc_list, path, *, dataset: str):
     import numpy as np
 
+    from ..report.plots import plt as pl
     from ..report.plots import save_figure
 
-    pl = pyplot()
     n = len(epoch_list) + 1
     fig, axes = pl.subplots(1, n, figsize=(4.6 * n, 3.8), squeeze=False)
     xs = np.geomspace(ipc_list[0], ipc_list[-1], 100)
@@ -267,9 +255,16 @@ def _plot(rows, fits, frontier, epoch_list, front_list, k_list, num_classes, ipc
         for i, k in enumerate(k_list):
             pts = [r for r in rows if r["k"] == k and r["expert_epoch"] == (None if k == 0 else e)]
             c = "tab:gray" if k == 0 else colors(i / max(1, len(k_list) - 1))
-            ax.errorbar([r["ipc"] for r in pts], [100 * r["mean"] for r in pts],
-                        yerr=[100 * (r["std"] if finite(r["std"]) else 0) for r in pts], fmt="o", ms=4,
-                        capsize=2, color=c, label=k_name(k, num_classes))
+            ax.errorbar(
+                [r["ipc"] for r in pts],
+                [100 * r["test_mean"] for r in pts],
+                yerr=[100 * (r["test_std"] if finite(r["test_std"]) else 0) for r in pts],
+                fmt="o",
+                ms=4,
+                capsize=2,
+                color=c,
+                label=k_name(k, num_classes),
+            )
             f = fits.get(e, {}).get(k)
             if f is not None:
                 ax.plot(xs, 100 * np.asarray(f.predict(xs)), "-" if f.law == "saturating" else "--", color=c,
@@ -282,11 +277,11 @@ def _plot(rows, fits, frontier, epoch_list, front_list, k_list, num_classes, ipc
     ax = axes[0][-1]
     for i, e in enumerate(front_list):
         pts = [r for r in rows if r["k"] == num_classes and r["expert_epoch"] == e]
-        ax.plot([r["ipc"] for r in pts], [100 * r["mean"] for r in pts], "o-", ms=3, lw=1,
+        ax.plot([r["ipc"] for r in pts], [100 * r["test_mean"] for r in pts], "o-", ms=3, lw=1,
                 color=pl.get_cmap("plasma")(i / max(1, len(front_list) - 1) * 0.85), label=f"epoch {e}")
     hard = [r for r in rows if r["k"] == 0]
     if hard:
-        ax.plot([r["ipc"] for r in hard], [100 * r["mean"] for r in hard], "s--", ms=3, color="tab:gray",
+        ax.plot([r["ipc"] for r in hard], [100 * r["test_mean"] for r in hard], "s--", ms=3, color="tab:gray",
                 label="hard labels")
     ax.plot([f["ipc"] for f in frontier], [100 * f["test_acc"] for f in frontier], "k-", lw=2.2, alpha=0.5,
             label="frontier (val-chosen)")

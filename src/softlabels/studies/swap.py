@@ -12,22 +12,37 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from ..config import LabelSpec, Preset
+from ..config import LabelSpec
 from ..lab import Lab
-from .base import StudyResult, evaluate_grid, int_list, pct, register_study, study_dir
-from .expert_epoch import cell_stats, chosen_epochs, group_options, group_settings, student_recipe
+from ..presets import Preset
+from .base import (
+    StudyResult,
+    cell_stats,
+    common_options,
+    common_settings,
+    evaluate_grid,
+    expert_epochs,
+    int_list,
+    pct,
+    register_study,
+    student_recipe,
+    study_dir,
+)
+
+QUICK_IPCS = (1, 10)
 
 NAME = "swap"
 
 
 @register_study(NAME, help="E5 / Fig. 3: swap the i-th largest label entry with the smallest (i = 1..C-1)")
 def study_swap(lab: Lab, *, scale: str = "quick", ipcs: Sequence[int] | None = None,
-               swaps: Sequence[int] | None = None, seeds: int | Sequence[int] | None = None,
+               swaps: Sequence[int] | None = None, seeds: Sequence[int] | None = None,
                student_epochs: int | None = None, expert_epoch: int | dict | None = None,
                include_hard: bool = True, image_seed: int = 0,
                preset: Preset | str | None = None) -> StudyResult:
     """Per IPC: hard labels, unswapped soft labels and every swap i; relative = acc / acc(unswapped)."""
-    p, ipc_list, seed_ids, image_seed = group_options(scale, preset, ipcs, seeds, image_seed)
+    p, ipc_list, seed_ids, image_seed = common_options(scale, preset, ipcs, seeds, image_seed=image_seed,
+                                                       ipcs_default=QUICK_IPCS if scale == "quick" else None)
     if not isinstance(include_hard, bool):
         raise TypeError(f"include_hard must be True or False, got {include_hard!r}")
     c = lab.prepared.num_classes
@@ -35,12 +50,12 @@ def study_swap(lab: Lab, *, scale: str = "quick", ipcs: Sequence[int] | None = N
         raise ValueError("the swap test needs at least 2 classes")
     swap_list = int_list("swaps", swaps, maximum=c - 1) if swaps is not None else list(range(1, c))
     expert = lab.expert(p.expert)
-    epochs, how = chosen_epochs(lab, p, expert, ipc_list, expert_epoch)
+    epochs, how = expert_epochs(lab, p, expert, ipc_list, expert_epoch)
 
     rows: list[dict[str, Any]] = []
     recipes = {}
     for ipc in ipc_list:
-        recipes[ipc] = student_recipe(p, ipc, scale=scale, student_epochs=student_epochs)
+        recipes[ipc] = student_recipe(p, ipc, student_epochs=student_epochs)
         e = epochs[ipc]
         soft = LabelSpec(kind="soft", expert_epoch=e)
         cells: list[tuple[str, int | None, LabelSpec]] = [("soft", None, soft)]
@@ -57,17 +72,19 @@ def study_swap(lab: Lab, *, scale: str = "quick", ipcs: Sequence[int] | None = N
             r["relative_std"] = r["test_std"] / ref if ref > 0 else float("nan")
         rows += ipc_rows
 
-    summary = {str(ipc): _summarize([r for r in rows if r["ipc"] == ipc], c) for ipc in ipc_list}
+    summary = {str(ipc): summarize([r for r in rows if r["ipc"] == ipc], c) for ipc in ipc_list}
     figs = [_plot(rows, c, study_dir(lab, NAME) / "swap.png", dataset=lab.data.name)]
-    settings = {**group_settings(p, expert, recipes, scale=scale, ipcs=ipc_list, seeds=seed_ids,
-                                 image_seed=image_seed),
+    settings = {**common_settings(p, expert, recipes, scale=scale, ipcs=ipc_list, seeds=seed_ids,
+                                  image_seed=image_seed),
                 "expert_epochs": epochs, "expert_epoch_choice": how, "swaps": swap_list, "num_classes": c,
                 "relative": "test accuracy / test accuracy of the unswapped soft labels (same images, seeds)"}
-    finding = " ".join(_finding(int(ipc), s, c) for ipc, s in summary.items())
-    return StudyResult(NAME, rows, summary, figs, "clean", settings, finding)
+    finding = " ".join(verdict(int(ipc), s, c) for ipc, s in summary.items())
+    return StudyResult(
+        name=NAME, rows=rows, summary=summary, figures=figs, settings=settings, finding=finding
+    )
 
 
-def _summarize(cells: list[dict], c: int) -> dict[str, Any]:
+def summarize(cells: list[dict], c: int) -> dict[str, Any]:
     swaps = {r["i"]: r for r in cells if r["variant"] == "swap"}
     soft = next(r for r in cells if r["variant"] == "soft")
     hard = next((r for r in cells if r["variant"] == "hard"), None)
@@ -79,7 +96,7 @@ def _summarize(cells: list[dict], c: int) -> dict[str, Any]:
             "worst_i": worst, "relative_i1": finite.get(1), "relative_last": finite.get(c - 1)}
 
 
-def _finding(ipc: int, s: dict, c: int) -> str:
+def verdict(ipc: int, s: dict, c: int) -> str:
     rel = {int(i): v for i, v in s["relative_by_i"].items()}
     if not rel or s["worst_i"] is None:
         return f"IPC {ipc}: no swap results."
@@ -97,13 +114,13 @@ def _finding(ipc: int, s: dict, c: int) -> str:
     top_matters = worst <= max(1, (c - 1) // 3) and head_below_tail
     tail_noise = rlast is None or rlast >= 0.9
     if top_matters and tail_noise:
-        verdict = "top entries carry the knowledge and low-ranked ones barely matter, as in the paper"
+        claim = "top entries carry the knowledge and low-ranked ones barely matter, as in the paper"
     elif top_matters:
-        verdict = ("top entries matter most, but even swapping low-ranked entries costs > 10%, so the tail "
+        claim = ("top entries matter most, but even swapping low-ranked entries costs > 10%, so the tail "
                    "is not pure noise here")
     else:
-        verdict = "the most harmful swaps are not the top entries, unlike the paper"
-    return f"{head}: {verdict}."
+        claim = "the most harmful swaps are not the top entries, unlike the paper"
+    return f"{head}: {claim}."
 
 
 def _plot(rows: list[dict], c: int, path, *, dataset: str):

@@ -11,17 +11,24 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from ..config import LabelSpec, Preset
+from ..config import LabelSpec
 from ..lab import Lab
-from .base import StudyResult, evaluate_grid, float_list, pct, register_study, study_dir
-from .expert_epoch import (
+from ..presets import Preset
+from ..sets.spec import SetSpec
+from .base import (
+    StudyResult,
     argbest,
     cell_stats,
+    common_options,
+    common_settings,
     epoch_grid,
-    group_options,
-    group_settings,
+    evaluate_grid,
+    float_list,
     mean_label_entropy,
+    pct,
+    register_study,
     student_recipe,
+    study_dir,
 )
 
 NAME = "temperature"
@@ -33,11 +40,11 @@ FULL_TEMPERATURES = tuple(round(1 + 4 * k / 9, 6) for k in range(10))  # linspac
 @register_study(NAME, help="E4 / Fig. 4: expert epoch x temperature grid (does smoothing fix late experts?)")
 def study_temperature(lab: Lab, *, scale: str = "quick", ipcs: Sequence[int] | None = None,
                       epochs: Sequence[int] | None = None, temperatures: Sequence[float] | None = None,
-                      seeds: int | Sequence[int] | None = None, student_epochs: int | None = None,
+                      seeds: Sequence[int] | None = None, student_epochs: int | None = None,
                       image_seed: int = 0, preset: Preset | str | None = None) -> StudyResult:
     """Students on labels from every (expert epoch, temperature) cell, at IPC 10 by default."""
-    p, ipc_list, seed_ids, image_seed = group_options(scale, preset, ipcs, seeds, image_seed,
-                                                      ipcs_default=(10,))
+    p, ipc_list, seed_ids, image_seed = common_options(scale, preset, ipcs, seeds, image_seed=image_seed,
+                                                       ipcs_default=(10,))
     temps = float_list("temperatures", temperatures if temperatures is not None else
                        (QUICK_TEMPERATURES if scale == "quick" else FULL_TEMPERATURES))
     if 1.0 not in temps:
@@ -46,7 +53,7 @@ def study_temperature(lab: Lab, *, scale: str = "quick", ipcs: Sequence[int] | N
     # default grid: quick 1, 4 and the last epoch; full every 6th epoch from 1 (the paper's) and the last
     grid = epoch_grid(epochs, scale, expert.epochs_done, quick=QUICK_EPOCHS, every=6)
 
-    recipes = {ipc: student_recipe(p, ipc, scale=scale, student_epochs=student_epochs) for ipc in ipc_list}
+    recipes = {ipc: student_recipe(p, ipc, student_epochs=student_epochs) for ipc in ipc_list}
     grid_cells = [(ipc, e, t, LabelSpec(kind="soft", expert_epoch=e, temperature=t))
                   for ipc in ipc_list for e in grid for t in temps]
     results = evaluate_grid(lab, [(ipc, label) for ipc, _, _, label in grid_cells], recipes=recipes,
@@ -54,17 +61,20 @@ def study_temperature(lab: Lab, *, scale: str = "quick", ipcs: Sequence[int] | N
     rows: list[dict[str, Any]] = []
     for (ipc, e, t, label), res in zip(grid_cells, results, strict=True):
         rows.append({"ipc": ipc, "expert_epoch": e, "temperature": t,
-                     "label_entropy": mean_label_entropy(lab, expert, ipc=ipc, label=label, image_seed=image_seed),
+                     "label_entropy": mean_label_entropy(lab, expert, SetSpec(ipc=ipc, label=label,
+                                                                                image_seed=image_seed)),
                      **cell_stats(res)})
 
-    summary = {str(ipc): _summarize([r for r in rows if r["ipc"] == ipc], last=grid[-1]) for ipc in ipc_list}
+    summary = {str(ipc): summarize([r for r in rows if r["ipc"] == ipc], last=grid[-1]) for ipc in ipc_list}
     figs = [_plot(rows, grid, temps, study_dir(lab, NAME) / "temperature.png", dataset=lab.data.name)]
-    settings = {**group_settings(p, expert, recipes, scale=scale, ipcs=ipc_list, seeds=seed_ids,
-                                 image_seed=image_seed),
+    settings = {**common_settings(p, expert, recipes, scale=scale, ipcs=ipc_list, seeds=seed_ids,
+                                  image_seed=image_seed),
                 "epoch_grid": grid, "temperatures": temps,
                 "temperature": "true temperature: labels = softmax(logits / T)"}
-    finding = " ".join(_finding(int(ipc), s) for ipc, s in summary.items())
-    return StudyResult(NAME, rows, summary, figs, "clean", settings, finding)
+    finding = " ".join(verdict(int(ipc), s) for ipc, s in summary.items())
+    return StudyResult(
+        name=NAME, rows=rows, summary=summary, figures=figs, settings=settings, finding=finding
+    )
 
 
 def _cell(r: dict | None) -> dict | None:
@@ -73,7 +83,7 @@ def _cell(r: dict | None) -> dict | None:
     return {k: r[k] for k in ("expert_epoch", "temperature", "val_mean", "test_mean", "test_std")}
 
 
-def _summarize(cells: list[dict], *, last: int) -> dict[str, Any]:
+def summarize(cells: list[dict], *, last: int) -> dict[str, Any]:
     """Early-stopped optimum at T = 1 vs the best later-epoch cell at any T (all choices on validation)."""
     t1 = [r for r in cells if r["temperature"] == 1.0]
     early = argbest(t1)
@@ -87,7 +97,7 @@ def _summarize(cells: list[dict], *, last: int) -> dict[str, Any]:
             "last_epoch_best_t": _cell(last_best), "temperature_gain_at_last_epoch": gain_last}
 
 
-def _finding(ipc: int, s: dict) -> str:
+def verdict(ipc: int, s: dict) -> str:
     early, late = s["best_t1"], s["best_later_any_t"]
     if early is None:
         return f"IPC {ipc}: no validation accuracy, no finding."
@@ -101,14 +111,14 @@ def _finding(ipc: int, s: dict) -> str:
     gain_txt = (f"; at the last epoch ({s['last_epoch']}) tuning T changes test accuracy by "
                 f"{100 * gain:+.1f} pts" if math.isfinite(gain) else "")
     if diff < 0:
-        verdict = ("temperature does not fully compensate for later experts, as the paper finds on "
+        claim = ("temperature does not fully compensate for later experts, as the paper finds on "
                    "TinyImageNet" + (" (the gap is within one seed std)" if -diff <= noise else ""))
     else:
-        verdict = ("a later expert with tuned temperature matches or beats the early-stopped one, so here "
+        claim = ("a later expert with tuned temperature matches or beats the early-stopped one, so here "
                    "temperature does compensate (unlike the paper)" +
                    (" — the gap is within one seed std" if diff <= noise else ""))
     return (f"{head}; the best later cell (epoch {late['expert_epoch']}, T={late['temperature']:g}) reaches "
-            f"{pct(late['test_mean'])} ({100 * diff:+.1f} pts){gain_txt}: {verdict}.")
+            f"{pct(late['test_mean'])} ({100 * diff:+.1f} pts){gain_txt}: {claim}.")
 
 
 def _plot(rows: list[dict], grid: list[int], temps: list[float], path, *, dataset: str):

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import argparse
-from collections.abc import Callable
 from pathlib import Path
 
-from .budget import BudgetAnswer, Cell, answer_json, best_within_budget, cells_of, fill_budget, format_bytes
-from .validation import parse_size
+from ..analysis.budget import BudgetAnswer, Cell, answer_json, best_within_budget, cells_of
+from ..sets.label_codecs import short_label_codec
+from ..units import format_bytes, parse_size
+from .common import add_common, console, make_lab
 
 
-def register(sub, common: Callable[[argparse.ArgumentParser], None]) -> None:
+def register(sub) -> None:
     """Add the ``budget`` command to the ``softlabels`` sub-parsers."""
     p = sub.add_parser(
         "budget",
@@ -19,7 +19,7 @@ def register(sub, common: Callable[[argparse.ArgumentParser], None]) -> None:
         "from stored results (every run records its set's measured bytes); --fill "
         "first trains bytes-study configurations of about that size.",
     )
-    common(p)
+    add_common(p)
     p.add_argument(
         "size", metavar="SIZE", help="byte budget: 64KB, 1MB, 1.5MiB or 4096 (KB = 1000 B, KiB = 1024 B)"
     )
@@ -48,7 +48,7 @@ def register(sub, common: Callable[[argparse.ArgumentParser], None]) -> None:
 
 
 def cmd_budget(args) -> int:
-    from .config import get_preset
+    from ..presets import get_preset
 
     budget = parse_size(args.size)
     preset = get_preset(args.preset)
@@ -56,9 +56,9 @@ def cmd_budget(args) -> int:
     select_on = "val_acc" if args.select_on == "val" else "test_acc"
     store_path = Path(args.out) / "results.sqlite"
     if args.fill:
-        from .cli import _lab
+        from ..studies.bytes_fill import fill_budget
 
-        lab = _lab(args, preset)
+        lab = make_lab(args, preset)
         answer = fill_budget(
             lab,
             budget,
@@ -159,14 +159,12 @@ def no_fit_message(
 
 
 def _row(role: str, c: Cell) -> list[str]:
-    from .studies.bytes import short_codec
-
     return [
         role,
         str(c.ipc),
         c.label_kind,
         "" if c.expert_epoch is None else str(c.expert_epoch),
-        short_codec(c.label_codec),
+        short_label_codec(c.label_codec),
         c.image_codec,
         f"{100 * c.mean:.1f} ± {100 * c.std:.1f}",
         str(c.n),
@@ -179,9 +177,7 @@ def _row(role: str, c: Cell) -> list[str]:
 def _print_answer(answer: BudgetAnswer, *, dataset: str) -> None:
     from rich.table import Table
 
-    from .cli import _console
-
-    con = _console()
+    con = console()
     t = Table(
         title=f"{dataset}: best stored training set within {format_bytes(answer.budget)} "
         f"({answer.budget:,} bytes)"

@@ -1,9 +1,11 @@
 """Byte budgets: the most accurate stored training set that fits in N bytes.
 
 Every stored student run carries its set's measured payload bytes (``nbytes``) and codecs, so any study
-can answer. Runs are grouped into cells (the run config without its seed) and averaged over seeds. The
-winner inside the budget is chosen on validation accuracy by default (the clean protocol: choices are made
-on validation, test accuracy is what is reported); ``select_on="test_acc"`` picks on test accuracy.
+can answer. This module only reads stored rows; ``softlabels.studies.bytes_fill.fill_budget`` trains
+missing cells near a budget first. Runs are grouped into cells (the run config without its seed) and
+averaged over seeds. The winner inside the budget is chosen on validation accuracy by default (the clean
+protocol: choices are made on validation, test accuracy is what is reported); ``select_on="test_acc"``
+picks on test accuracy.
 """
 
 from __future__ import annotations
@@ -14,27 +16,18 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .io import canonical_json
-from .store import ResultsStore, RunRecord
-from .validation import check_choice, parse_size
+from ..io import canonical_json
+from ..sets.label_codecs import short_label_codec
+from ..store import ResultsStore, RunRecord
+from ..units import format_bytes, parse_size
+from ..validation import check_choice
 
 if TYPE_CHECKING:
-    from .config import DataSpec, Preset
-    from .lab import Lab
+    from ..config import DataSpec
 
-__all__ = ["BudgetAnswer", "Cell", "best_within_budget", "cells_of", "fill_budget", "format_bytes"]
+__all__ = ["SELECT_ON", "BudgetAnswer", "Cell", "answer_json", "best_within_budget", "cells_of"]
 
 SELECT_ON = ("val_acc", "test_acc")
-
-
-def format_bytes(n: int | float) -> str:
-    """``7900`` -> ``"7.9 KB"`` (decimal units, as :func:`~softlabels.validation.parse_size` reads them)."""
-    n = float(n)
-    for unit, size in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
-        if n >= size:
-            v = n / size
-            return f"{v:.1f} {unit}" if v < 100 else f"{v:.0f} {unit}"
-    return f"{int(n)} B"
 
 
 @dataclass(frozen=True)
@@ -69,7 +62,7 @@ class Cell:
             labels = f"hard labels ({self.label_codec})" if self.label_codec != "hard" else "hard labels"
         else:
             bits = [f"epoch {self.expert_epoch}"] if self.expert_epoch is not None else []
-            bits.append(_short(self.label_codec))
+            bits.append(short_label_codec(self.label_codec))
             if self.transform not in ("none", ""):
                 bits.append(self.transform)
             labels = f"{self.label_kind} labels ({', '.join(bits)})"
@@ -278,17 +271,11 @@ def _best(cells: Sequence[Cell], budget: float | None, select_on: str) -> Cell |
     )
 
 
-def _short(codec: str) -> str:
-    from .studies.bytes import short_codec
-
-    return short_codec(codec)
-
-
 def _versus(chosen: Cell, other: Cell | None, what: str) -> str:
     if other is None:
         return f"no {what}-label set fits this budget"
     d = 100 * (chosen.mean - other.mean)
-    extra = f", {_short(other.label_codec)}" if other.label_kind != "hard" else ""
+    extra = f", {short_label_codec(other.label_codec)}" if other.label_kind != "hard" else ""
     return (
         f"{d:+.1f} points over {what} labels at IPC {other.ipc}{extra} ({format_bytes(other.bytes_total)}, "
         f"{100 * other.mean:.1f}%)"
@@ -346,101 +333,6 @@ def best_within_budget(
         best_hard=hard,
         best_soft=soft,
         best_overall=overall,
-    )
-
-
-# -------------------------------------------------------------------------------------------- fill
-
-#: IPCs tried when filling a budget: the bytes study's grid, extended upwards.
-FILL_IPCS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
-
-
-def fill_budget(
-    lab: Lab,
-    budget_bytes: int | str,
-    *,
-    scale: str = "quick",
-    label_kind: str | None = None,
-    codecs: object = None,
-    ipcs: object = None,
-    expert_epoch: int | None = None,
-    image_codec: object = "auto",
-    seeds: object = None,
-    preset: Preset | str | None = None,
-    lower: float = 0.25,
-    select_on: str = "val_acc",
-    study: str | None = "bytes",
-) -> BudgetAnswer | None:
-    """Train the bytes-study cells whose measured size lies in [``lower`` * budget, budget], then answer.
-
-    Candidates are IPC (``FILL_IPCS``, or ``ipcs``) x label codec (the bytes study's codecs for ``scale``)
-    at the bytes study's expert epoch and image codec, so the runs merge with ``softlabels study bytes``.
-    Each candidate set is built and its payload measured (never estimated); per codec the IPC ladder stops
-    at the first set over budget, and the largest fitting IPC is kept if none lands in the band. Runs
-    already stored are not repeated. The answer is :func:`best_within_budget` over ``study`` (default
-    "bytes"; None for every study) on the lab's dataset and data split.
-    """
-    from .studies.bytes import (
-        FULL_IPCS,
-        QUICK_IPCS,
-        build_cell_set,
-        cell_experts,
-        cell_label,
-        evaluate_cell,
-        resolve_plan,
-    )
-
-    budget = parse_size(budget_bytes)
-    if not 0 < lower <= 1:
-        raise ValueError(f"lower must be in (0, 1], got {lower}")
-    check_choice("select_on", select_on, SELECT_ON)
-    plan, expert = resolve_plan(
-        lab,
-        scale=scale,
-        preset=preset,
-        ipcs=ipcs or FILL_IPCS,
-        codecs=codecs,
-        expert_epoch=expert_epoch,
-        image_codec=image_codec,
-        seeds=seeds,
-        label_kind=label_kind,
-        measure_ipcs=QUICK_IPCS if scale == "quick" else FULL_IPCS,
-    )
-    chosen_epoch = plan.epoch_choice.get("epoch", plan.expert_epochs[0]) if plan.expert_epochs else None
-    for ic in plan.image_codecs:
-        for codec in plan.codecs:
-            label = cell_label(codec, chosen_epoch)
-            experts = cell_experts(label, expert)
-            band, last_fit = [], None
-            for ipc in sorted(plan.ipcs):
-                cset = build_cell_set(lab, ipc=ipc, label=label, experts=experts, image_codec=ic)
-                size = cset.nbytes["total"]
-                if size > budget:
-                    break
-                last_fit = (ipc, cset)
-                if size >= lower * budget:
-                    band.append((ipc, cset))
-            if not band and last_fit is not None:
-                band = [last_fit]
-            for ipc, cset in band:
-                evaluate_cell(
-                    lab,
-                    plan,
-                    expert,
-                    ipc=ipc,
-                    codec=codec,
-                    expert_epoch=chosen_epoch,
-                    image_codec=ic,
-                    make_set=lambda c=cset: c,
-                )
-    return best_within_budget(
-        lab.store,
-        budget,
-        dataset=lab.data.name,
-        study=study,
-        label_kind=label_kind,
-        data=lab.data,
-        select_on=select_on,
     )
 
 

@@ -3,12 +3,10 @@
 A student at IPC 1-5 trains on batches of 10-50 images, too small for PyTorch to keep two CPU cores
 busy: per step, Python, the autograd engine and thread hand-offs cost as much as the arithmetic. Two
 students in two single-threaded processes then finish sooner than the same two students one after the
-other on two threads each. Measured on these 2 cores, 2 workers vs serial, per student-step, over 2-3
-runs each (``benchmarks/parallel.py``; the machine's timings are noisy): width 32, batch 10: 1.7-2.0x;
-width 128, batch 10: 1.1-1.8x; width 32, batch 100: 0.95-1.10x; width 128, batch 100: 1.02-1.21x; a 10k
-evaluation: 1.0x. Each worker also starts Python and compiles its own graphs (~15 s with a warm compile
-cache). So ``workers="auto"`` runs students in parallel on CPU only where the batch is small
-(``PARALLEL_MAX_BATCH``) and there is enough of that work to repay the start (``PARALLEL_MIN_STEPS``).
+other on two threads each (``benchmarks/parallel.py`` measures it; figures in ``benchmarks/RESULTS.md``).
+Each worker also starts Python and compiles its own graphs, so ``workers="auto"`` runs students in
+parallel on CPU only where the batch is small (``PARALLEL_MAX_BATCH``) and there is enough of that work
+to repay the start (``PARALLEL_MIN_STEPS``).
 
 Students are :class:`StudentJob` s; an executor runs a list of them and hands each result back as it
 completes, so the caller stores it at once and an interrupted sweep loses at most the students in flight.
@@ -33,19 +31,20 @@ from typing import Any
 
 import torch
 
-from .config import StudentRecipe
-from .train import EvalSets, StudentResult, train_student
-from .validation import check_positive_int
+from ..config import StudentRecipe
+from ..validation import check_positive_int
+from .evaluation import EvalSets
+from .loop import StudentResult, train_student
+from .runtime import Engine, tune_allocator
 
 PARALLEL_MAX_BATCH = 50  # images per step up to which parallel students paid here (see the module doc)
-# ~1.4-1.7 ms saved per step (width 32 / 128, batch 10) against ~15 s to start the workers and compile their
-# graphs (warm compile cache): the quick scaling study (3600 small-batch steps) ran 96.9 s in parallel vs
-# 89.1 s serially, so auto waits for paper-scale work (an IPC 1 cell of 5 students x 3000 epochs)
+# the start of the workers is repaid only by paper-scale small-batch work (an IPC 1 cell of 5 students x 3000
+# epochs); a quick study's few thousand steps ran slower in parallel than serially
 PARALLEL_MIN_STEPS = 10_000
 MAX_AUTO_WORKERS = 8
 
 
-@dataclass(frozen=True, eq=False)  # eq=False: compared by identity, never tensor by tensor
+@dataclass(frozen=True, eq=False, kw_only=True)  # eq=False: compared by identity, never tensor by tensor
 class StudentJob:
     """One student to train: model-ready ``images`` and probability ``labels`` (CPU or device tensors);
     ``tag`` is the caller's (it stays in the caller's process)."""
@@ -106,18 +105,21 @@ def resolve_workers(setting: int | str, device: torch.device | str, *, n_jobs: i
 
 
 class SerialExecutor:
-    """Every student in this process, one after the other (the engine's default on GPUs and large batches)."""
+    """Every student in this process, one after the other (the engine's default on GPUs and large batches);
+    ``engine`` holds the compiled graphs they share."""
 
-    def __init__(self, evals: EvalSets | None, *, device: str | torch.device = "cpu") -> None:
+    def __init__(self, evals: EvalSets | None, *, device: str | torch.device = "cpu",
+                 engine: Engine | None = None) -> None:
         self.evals, self.device = evals, device
+        self.engine = engine if engine is not None else Engine()
 
     def run(self, jobs: Sequence[StudentJob], on_result: OnResult, *,
             on_epoch: Callable[[int], None] | None = None) -> None:
         for job in jobs:
-            on_result(job, _train(job, self.evals, self.device, on_epoch))
+            on_result(job, _train(job, self.evals, self.device, on_epoch, self.engine))
 
     def close(self) -> None:
-        pass
+        self.engine.close()
 
 
 # ---- worker processes -----------------------------------------------------------------------------
@@ -127,8 +129,6 @@ _WORKER: dict[str, Any] = {}
 def _set_up_worker(threads: int) -> None:
     """A worker process's torch threads and allocator. Set only when it changes: a compiled graph is
     specialised for the thread count, and a worker keeps its graphs across students."""
-    from .perf import tune_allocator
-
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
     tune_allocator()
@@ -136,17 +136,27 @@ def _set_up_worker(threads: int) -> None:
 
 def _init_worker(evals: EvalSets | None, device: str, threads: int) -> None:
     _set_up_worker(threads)
-    _WORKER.update(evals=evals, device=device)
+    _WORKER.update(evals=evals, device=device, engine=Engine())  # the worker's own compiled graphs
 
 
 def _run_in_worker(job: StudentJob) -> StudentResult:
-    return _train(job, _WORKER["evals"], _WORKER["device"], None)
+    return _train(job, _WORKER["evals"], _WORKER["device"], None, _WORKER["engine"])
 
 
-def _train(job: StudentJob, evals: EvalSets | None, device, on_epoch) -> StudentResult:
-    return train_student(job.images, job.labels, job.recipe, seed=job.seed, evals=evals if job.evaluate else None,
-                         protocol=job.protocol, device=device, compile_model=job.compile_model, on_epoch=on_epoch,
-                         return_state=job.return_state)
+def _train(job: StudentJob, evals: EvalSets | None, device, on_epoch, engine: Engine) -> StudentResult:
+    return train_student(
+        job.images,
+        job.labels,
+        job.recipe,
+        seed=job.seed,
+        evals=evals if job.evaluate else None,
+        protocol=job.protocol,
+        device=device,
+        compile_model=job.compile_model,
+        on_epoch=on_epoch,
+        return_state=job.return_state,
+        engine=engine,
+    )
 
 
 class ProcessExecutor:
@@ -197,7 +207,9 @@ class ProcessExecutor:
                         on_epoch(job.recipe.epochs)
                     on_result(job, res)
         except BaseException:
-            if pending:  # an interrupt or a failed job: stop the students in flight too (a fresh pool next time)
+            if (
+                pending
+            ):  # an interrupt or a failed job: stop the students in flight too (a fresh pool next time)
                 self.close(terminate=True)
             raise
 
@@ -215,7 +227,8 @@ class ProcessExecutor:
 @contextmanager
 def _main_not_reimported() -> Iterator[None]:
     """Keep spawned workers from importing the caller's ``__main__``: they need only softlabels, and a script
-    without an ``if __name__ == "__main__":`` guard would otherwise start its whole job again in each worker."""
+    without an ``if __name__ == "__main__":`` guard would otherwise start its whole job again in each
+    worker."""
     main = sys.modules.get("__main__")
     saved = {k: getattr(main, k) for k in ("__file__", "__spec__") if hasattr(main, k)}
     try:
@@ -228,11 +241,7 @@ def _main_not_reimported() -> Iterator[None]:
 
 
 def _evals_to(evals: EvalSets | None, device: str | torch.device) -> EvalSets | None:
-    if evals is None:
-        return None
-    test_x, test_y, val_x, val_y = (None if t is None else t.to(device)
-                                    for t in (evals.test_x, evals.test_y, evals.val_x, evals.val_y))
-    return EvalSets(test_x, test_y, val_x, val_y)
+    return None if evals is None else evals.to(device)
 
 
 def _cpu_job(job: StudentJob) -> StudentJob:
@@ -241,9 +250,10 @@ def _cpu_job(job: StudentJob) -> StudentJob:
 
 # ---- Ray ----------------------------------------------------------------------------------------------
 def _run_in_ray(job: StudentJob, evals: EvalSets | None, device: str, threads: int) -> StudentResult:
-    _set_up_worker(threads)  # a Ray worker process runs many tasks
+    _set_up_worker(threads)  # a Ray worker process runs many tasks, and keeps one engine for them
+    engine = _WORKER.setdefault("engine", Engine())
     # the object store holds CPU tensors; a GPU task evaluates on its GPU, as it trains there
-    return _train(job, evals if device == "cpu" else _evals_to(evals, device), device, None)
+    return _train(job, evals if device == "cpu" else _evals_to(evals, device), device, None, engine)
 
 
 def _import_ray():
@@ -264,8 +274,15 @@ class RayExecutor:
     an interrupt cancels the tasks not finished (their students are trained again by a later run).
     """
 
-    def __init__(self, evals: EvalSets | None, *, device: str | torch.device = "cpu", address: str | None = None,
-                 cpus_per_student: int = 1, num_cpus: int | None = None) -> None:
+    def __init__(
+        self,
+        evals: EvalSets | None,
+        *,
+        device: str | torch.device = "cpu",
+        address: str | None = None,
+        cpus_per_student: int = 1,
+        num_cpus: int | None = None,
+    ) -> None:
         self.device = torch.device(device)
         self.address = address
         self.cpus_per_student = check_positive_int("cpus_per_student", cpus_per_student)
@@ -284,12 +301,14 @@ class RayExecutor:
         if self._evals_ref is None:
             self._evals_ref = ray.put(self.evals)
             self._task = ray.remote(_run_in_ray).options(
-                num_cpus=self.cpus_per_student, num_gpus=1 if self.device.type == "cuda" else 0, max_retries=0)
+                num_cpus=self.cpus_per_student, num_gpus=1 if self.device.type == "cuda" else 0, max_retries=0
+            )
         return ray
 
     def run(self, jobs: Sequence[StudentJob], on_result: OnResult, *,
             on_epoch: Callable[[int], None] | None = None) -> None:
-        """Train ``jobs`` as Ray tasks; ``on_result(job, result)`` here as each finishes (completion order)."""
+        """Train ``jobs`` as Ray tasks; ``on_result(job, result)`` here as each finishes (in completion
+        order)."""
         if not jobs:
             return
         ray = self._connect()
@@ -319,13 +338,15 @@ class RayExecutor:
         self._connected_here, self._evals_ref, self._task = False, None, None
 
 
-def make_executor(workers: int | str, evals: EvalSets | None, *, device: str | torch.device = "cpu"):
-    """A :class:`SerialExecutor` for one worker, a :class:`RayExecutor` for ``"ray"``, else a
-    :class:`ProcessExecutor` (CPU only)."""
+def make_executor(workers: int | str, evals: EvalSets | None, *, device: str | torch.device = "cpu",
+                  engine: Engine | None = None):
+    """A :class:`SerialExecutor` for one worker (sharing ``engine``), a :class:`RayExecutor` for ``"ray"``,
+    else
+    a :class:`ProcessExecutor` (CPU only)."""
     if workers == "ray":
         return RayExecutor(evals, device=device)
     if workers == 1:
-        return SerialExecutor(evals, device=device)
+        return SerialExecutor(evals, device=device, engine=engine)
     check_workers_device(workers, device)
     return ProcessExecutor(evals, workers=workers)
 
@@ -334,4 +355,6 @@ def check_workers_device(workers: int | str, device: str | torch.device) -> None
     """Worker processes train on CPU only: more than one local worker on another device is an error (Ray
     tasks may take GPUs)."""
     if isinstance(workers, int) and workers > 1 and torch.device(device).type != "cpu":
-        raise ValueError(f"parallel student workers run on CPU only; use workers=1, 'auto' or 'ray' on {device}")
+        raise ValueError(
+            f"parallel student workers run on CPU only; use workers=1, 'auto' or 'ray' on {device}"
+        )

@@ -163,8 +163,9 @@ def fit_saturating(ipc: Sequence[float], acc: Sequence[float], *, floor: float |
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # OptimizeWarning for exactly-determined fits (n == 3)
-            popt, _ = curve_fit(law, x, y, p0=p0, bounds=([a_min, 0.0, _ALPHA_MIN], [a_max, np.inf, _ALPHA_MAX]),
-                                maxfev=20000)
+            popt, _ = curve_fit(
+                law, x, y, p0=p0, bounds=([a_min, 0.0, _ALPHA_MIN], [a_max, np.inf, _ALPHA_MAX]), maxfev=20000
+            )
     except (RuntimeError, ValueError) as err:
         return fit_log_linear(x, y, floor=floor, fallback=f"curve_fit failed: {err}")
     if not np.all(np.isfinite(popt)):

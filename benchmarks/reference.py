@@ -2,8 +2,9 @@
 
 TensorDataset + DataLoader(batch 256, shuffle) + DiffAugment-style DSA drawn from the global RNG (one
 family per batch, F.affine_grid) + nn.CrossEntropyLoss, fp32, eager, one student at a time, evaluation
-at batch 128. ``StudentRecipe(loop="reference")`` trains students with it, so whole studies can be timed
-both ways (benchmarks/study_speed.py); it is never the default.
+at batch 128. :class:`ReferenceExecutor` trains a lab's students with it (``lab.workers =
+ReferenceExecutor(lab.evals)``), so whole studies can be timed both ways (``study_speed.py``). It lives
+with the benchmarks, never in the library.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from .train import init_model
+from softlabels.engine.evaluation import EvalSets, accuracy, per_class_accuracy
+from softlabels.engine.loop import StudentResult
+from softlabels.models import init_model
 
 
 def ref_dsa(x: torch.Tensor) -> torch.Tensor:
@@ -58,7 +61,9 @@ def ref_dsa(x: torch.Tensor) -> torch.Tensor:
         theta = torch.tensor(theta, dtype=torch.float)
     else:
         t = (torch.rand(n) - 0.5) * 2 * 15 / 180 * float(np.pi)
-        theta = [[[torch.cos(t[i]), torch.sin(-t[i]), 0], [torch.sin(t[i]), torch.cos(t[i]), 0]] for i in range(n)]
+        theta = [
+            [[torch.cos(t[i]), torch.sin(-t[i]), 0], [torch.sin(t[i]), torch.cos(t[i]), 0]] for i in range(n)
+        ]
         theta = torch.tensor(theta, dtype=torch.float)
     grid = F.affine_grid(theta, x.shape, align_corners=True)
     return F.grid_sample(x, grid, align_corners=True)
@@ -105,3 +110,66 @@ def ref_eval(net, x, y) -> tuple[float, float]:
     return correct / x.shape[0], time.perf_counter() - t0
 
 
+def train_reference(images: torch.Tensor, labels: torch.Tensor, recipe, *, seed: int,
+                    evals: EvalSets | None) -> StudentResult:
+    """One student of ``recipe`` (SGD, clean protocol) with the reference loop on CPU, timed and reported like
+    the engine's students (final-epoch accuracies)."""
+    if recipe.optimizer != "sgd":
+        raise ValueError("the reference loop supports the SGD recipe only")
+    images, labels = images.cpu(), labels.cpu().float()
+    t0 = time.perf_counter()
+    with torch.random.fork_rng(devices=[]):
+        net = ref_train(
+            images,
+            labels,
+            width=recipe.width,
+            epochs=recipe.epochs,
+            seed=seed,
+            lr=recipe.lr,
+            model=recipe.model,
+            weight_decay=recipe.resolved_weight_decay,
+            batch_size=recipe.batch_size,
+        )
+    train_s = time.perf_counter() - t0
+    common = dict(
+        seed=int(seed),
+        train_acc=accuracy(ref_predict(net, images), labels.argmax(1)),
+        epochs=recipe.epochs,
+        train_s=train_s,
+        threads=torch.get_num_threads(),
+    )
+    if evals is None:
+        return StudentResult(test_acc=float("nan"), wall_s=time.perf_counter() - t0, **common)
+    pred, ty = ref_predict(net, evals.test_x.cpu()), evals.test_y.cpu()
+    val_acc = (
+        None if evals.val_x is None else accuracy(ref_predict(net, evals.val_x.cpu()), evals.val_y.cpu())
+    )
+    test_acc = accuracy(pred, ty)
+    return StudentResult(
+        test_acc=test_acc,
+        val_acc=val_acc,
+        per_class=per_class_accuracy(pred, ty, labels.shape[1]),
+        curve=[(recipe.epochs, test_acc)],
+        wall_s=time.perf_counter() - t0,
+        **common,
+    )
+
+
+class ReferenceExecutor:
+    """Trains a lab's students one at a time with the reference loop (an executor for ``Lab.workers``)."""
+
+    def __init__(self, evals: EvalSets | None) -> None:
+        self.evals = evals
+
+    def run(self, jobs, on_result, *, on_epoch=None) -> None:
+        for job in jobs:
+            if job.protocol != "clean":
+                raise ValueError("the reference loop reports the clean protocol only")
+            res = train_reference(job.images, job.labels, job.recipe, seed=job.seed,
+                                  evals=self.evals if job.evaluate else None)
+            if on_epoch is not None:
+                on_epoch(job.recipe.epochs)
+            on_result(job, res)
+
+    def close(self) -> None:
+        pass

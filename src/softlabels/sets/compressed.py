@@ -13,9 +13,9 @@ from pathlib import Path
 
 import torch
 
-from . import __version__
-from .io import load_tensors, save_tensors, tensor_hash
-from .validation import CorruptFileError, DataNotFoundError, check_images, check_labels, check_targets
+from ..io import load_tensors, save_tensors, tensor_hash
+from ..validation import CorruptFileError, DataNotFoundError, check_images, check_labels, check_targets
+from ..version import __version__
 
 FORMAT = "softlabels.compressed-set/1"
 
@@ -46,7 +46,9 @@ class CompressedSet:
         m.setdefault("image_codec", "raw")
         m.setdefault("label_codec", "fp32")
         if len(m.get("mean", ())) not in (0, self.images.shape[1]):
-            raise ValueError(f"manifest mean has {len(m['mean'])} entries for {self.images.shape[1]} channels")
+            raise ValueError(
+                f"manifest mean has {len(m['mean'])} entries for {self.images.shape[1]} channels"
+            )
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -61,10 +63,9 @@ class CompressedSet:
 
     @property
     def nbytes(self) -> dict[str, int]:
-        """Stored payload bytes: images, labels, their total, and aux (true targets, not for training)."""
-        if self.manifest.get("nbytes") is None:
-            self.manifest["nbytes"] = self._encoded()[2]
-        return dict(self.manifest["nbytes"])
+        """Stored payload bytes: images, labels, their total, and aux (true targets, not for training),
+        measured from the encoded payload (computed once, on first use)."""
+        return dict(self._encoded()[2])
 
     def _encoded(self) -> tuple[dict, dict, dict]:
         """(payload tensors, payload metadata, byte counts) for the manifest's codecs (cached)."""
@@ -72,10 +73,13 @@ class CompressedSet:
             self._payload = _encode(self, self.manifest["image_codec"], self.manifest["label_codec"])[0]
         return self._payload
 
-    def model_input(self, *, device: str | torch.device = "cpu", zca=None) -> torch.Tensor:
-        """Normalised float images on ``device`` with the manifest's mean/std (and ZCA if given)."""
-        mean = self.manifest.get("mean")
-        std = self.manifest.get("std")
+    def model_input(
+        self, *, device: str | torch.device = "cpu", zca=None, mean=None, std=None
+    ) -> torch.Tensor:
+        """Normalised float images on ``device`` with the manifest's mean/std, else ``mean``/``std`` (a user's
+        set made elsewhere records none: pass the dataset's), and ZCA if given."""
+        if self.manifest.get("mean") is not None and self.manifest.get("std") is not None:
+            mean, std = self.manifest["mean"], self.manifest["std"]
         x = self.images.to(device).float().div_(255.0)
         if mean is not None and std is not None:
             m = torch.tensor(mean, device=x.device).view(1, -1, 1, 1)
@@ -125,8 +129,9 @@ class CompressedSet:
             labels = label_codec(man["label_codec"]).decode(lenc)
         except (KeyError, ValueError, RuntimeError) as e:
             raise CorruptFileError(f"{path}: cannot decode payload ({e})") from None
-        payload = ({k: v for k, v in tensors.items() if not k.startswith("aux.")},
-                   {k: v for k, v in meta.items() if k != "manifest"}, man["nbytes"])
+        payload_tensors = {k: v for k, v in tensors.items() if not k.startswith("aux.")}
+        payload = (payload_tensors, {k: v for k, v in meta.items() if k != "manifest"},
+                   _measured(payload_tensors, tensors["aux.targets"]))
         cset = cls(images, labels, tensors["aux.targets"], man, payload)
         if man.get("content_hash") and cset.content_hash() != man["content_hash"]:
             raise CorruptFileError(f"{path}: content hash mismatch; the file is corrupt")
@@ -192,6 +197,15 @@ class CompressedSet:
         labels = tensors.get("labels")
         return cls.from_arrays(images, labels.float() if labels is not None else None,
                                targets=tensors.get("targets"), source_file=str(path), **manifest)
+
+
+def _measured(payload: dict[str, torch.Tensor], targets: torch.Tensor) -> dict[str, int]:
+    """Payload bytes measured from the stored tensors (a file's manifest is not trusted for them)."""
+    def size(prefix: str) -> int:
+        return sum(t.numel() * t.element_size() for k, t in payload.items() if k.startswith(prefix))
+
+    images, labels = size("images."), size("labels.")
+    return {"images": images, "labels": labels, "total": images + labels, "aux": int(targets.numel() * 8)}
 
 
 def _row_sum_tolerance(label_spec: str, num_classes: int) -> float:

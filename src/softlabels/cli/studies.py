@@ -1,4 +1,4 @@
-"""The `study`, `studies` and `report` subcommands, added to the `softlabels` command by softlabels.cli."""
+"""``study``, ``studies`` and ``report``: a study of the paper as one ``run_study`` call; the report."""
 
 from __future__ import annotations
 
@@ -7,17 +7,19 @@ import math
 from pathlib import Path
 from typing import Any
 
+from .common import DEFAULT_OUT, add_common, console, make_lab, parse_value, positive_int
+
 SCALE_CHOICES = ("quick", "full")
 # options the study command sets itself, and those a user may not pass through --option
 _RESERVED = {"lab", "scale"}
 
 
-def register(sub, common) -> None:
+def register(sub) -> None:
     """Add the ``study``, ``studies`` and ``report`` subcommands to ``sub``."""
     s = sub.add_parser("study", help="run one of the paper's studies (resumable); --list lists them",
                        description="Run a study: its table, finding, figures and summary.json go to "
                                    "OUT/studies/NAME/. Interrupted runs resume; re-runs recompute nothing.")
-    common(s, preset=False)
+    add_common(s, preset=False)
     s.add_argument("name", nargs="?", help="study name (see `softlabels studies`)")
     s.add_argument("--list", action="store_true", help="list the studies and exit")
     s.add_argument("--scale", default="quick", choices=SCALE_CHOICES,
@@ -25,17 +27,18 @@ def register(sub, common) -> None:
                         "full: the paper's grid")
     s.add_argument("--preset", default=None,
                    help="override the scale's settings bundle (quick: default, full: paper)")
-    s.add_argument("--ipc", type=int, nargs="+", default=None, help="IPC values (default: the study's)")
-    s.add_argument("--seeds", type=int, default=None, help="student seeds per cell (default: the study's)")
-    s.add_argument("--student-epochs", type=int, default=None, help="override student epochs")
+    s.add_argument(
+        "--ipc", type=positive_int, nargs="+", default=None, help="IPC values (default: the study's)"
+    )
+    s.add_argument("--seeds", type=positive_int, default=None,
+                   help="number of student seeds per cell, 0..N-1 (default: the study's)")
+    s.add_argument("--student-epochs", type=positive_int, default=None, help="override student epochs")
     s.add_argument("-O", "--option", action="append", default=[], metavar="KEY=VALUE",
                    help="any other study option, e.g. -O epochs=1,4,10 -O temperatures=1,2,4 (repeatable)")
     s.set_defaults(fn=cmd_study)
 
     ls = sub.add_parser("studies", help="list the studies")
     ls.set_defaults(fn=cmd_studies)
-
-    from ..cli import DEFAULT_OUT
 
     r = sub.add_parser("report", help="gather every study's results into OUT/report-all.md (and .html)")
     r.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default: ./{DEFAULT_OUT})")
@@ -44,7 +47,7 @@ def register(sub, common) -> None:
 
 
 def cmd_studies(args) -> int:
-    from .base import list_studies
+    from ..studies import list_studies
 
     studies = list_studies()
     width = max((len(n) for n in studies), default=0)
@@ -53,31 +56,15 @@ def cmd_studies(args) -> int:
     return 0
 
 
-def parse_value(text: str) -> Any:
-    """``3`` -> 3, ``0.5`` -> 0.5, ``true``/``false``, ``none``, ``1,2,4`` -> [1, 2, 4], else the string."""
-    t = text.strip()
-    if "," in t:
-        return [parse_value(v) for v in t.split(",") if v.strip()]
-    low = t.lower()
-    if low in ("true", "false"):
-        return low == "true"
-    if low == "none":
-        return None
-    for cast in (int, float):
-        try:
-            return cast(t)
-        except ValueError:
-            pass
-    return t
-
-
 def study_options(args, fn) -> dict[str, Any]:
     """The keyword options for study ``fn`` from the command line, checked against its signature."""
     options: dict[str, Any] = {}
     if args.ipc:
+        if len(set(args.ipc)) != len(args.ipc):
+            raise ValueError(f"--ipc lists a value twice: {args.ipc}; give each IPC once")
         options["ipcs"] = list(args.ipc)
     if args.seeds is not None:
-        options["seeds"] = args.seeds
+        options["seeds"] = list(range(args.seeds))
     if args.student_epochs is not None:
         options["student_epochs"] = args.student_epochs
     for item in args.option:
@@ -107,19 +94,19 @@ def cmd_study(args) -> int:
         return cmd_studies(args)
     if not args.name:
         raise ValueError("give a study name, e.g. `softlabels study swap`; `softlabels studies` lists them")
-    from ..cli import _console, _lab
-    from ..config import get_preset
-    from . import STUDIES
-    from . import base as study_base
+    from ..presets import get_preset
+    from ..studies import STUDIES, run_study
+    from ..studies import base as study_base
 
     fn = STUDIES.get(args.name)  # unknown names: the registry's closest-match error
     options = study_options(args, fn)
     preset = get_preset(args.preset) if args.preset else study_base.base_settings(args.scale)
-    lab = _lab(args, preset)
-    con = _console()
+    lab = make_lab(args, preset)
+    con = console()
     con.print(f"[bold]softlabels study {args.name}[/] scale={args.scale} dataset={lab.data.name} "
               f"device={lab.device} out={lab.out_dir}")
-    result = study_base.run_study(args.name, lab, scale=args.scale, **options)
+    with lab:
+        result = run_study(args.name, lab, scale=args.scale, **options)
     con.print(rows_table(result.rows, title=f"{result.name} ({result.protocol} protocol)"))
     con.print(f"[bold]finding:[/] {result.finding}")
     folder = study_base.study_dir(lab, args.name)
@@ -160,4 +147,4 @@ def rows_table(rows: list[dict], *, title: str = ""):
     return t
 
 
-__all__ = ["register", "cmd_study", "cmd_studies", "cmd_report", "parse_value", "rows_table"]
+__all__ = ["register", "cmd_study", "cmd_studies", "cmd_report", "rows_table"]

@@ -1,0 +1,1 @@
+"""Analysis of stored results: statistics over seeds, scaling-law fits, Pareto fronts, byte budgets."""

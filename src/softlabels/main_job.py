@@ -1,0 +1,214 @@
+"""The main job (``softlabels run``): the soft-label baseline vs hard labels at several IPC (paper Tables
+1/2), and the one expert-epoch chooser every study shares.
+
+1. Train (or reuse) an expert with a checkpoint per epoch.
+2. Per IPC, pick the expert epoch on the VALIDATION split with short students (:func:`choose_expert_epochs`).
+3. Per IPC, train students on random real images with hard labels and with soft labels from the chosen
+   epoch; report final-epoch test accuracy, mean +- std over seeds; write ``report.md`` and ``baseline.png``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from .analysis.stats import mean_std
+from .config import LabelSpec, describe_protocol
+from .experts import Trajectory
+from .lab import CellSpec, Lab
+from .presets import Preset
+from .sets.spec import SetSpec
+
+__all__ = ["BaselineResult", "BaselineRow", "EpochChoice", "choose_expert_epochs",
+           "run_baseline", "sweep_candidates", "sweep_image_seed", "write_baseline_report"]
+
+SWEEP_STUDY = "baseline-sweep"
+
+
+def sweep_image_seed(ipc: int) -> int:
+    """The sweep draws other images (seed 1000 + ipc) than the reported runs (seed 0): no selection bias."""
+    return 1000 + ipc
+
+
+@dataclass(frozen=True, kw_only=True)
+class EpochChoice:
+    """Validation accuracy of one short student per candidate expert epoch (``sweep[ipc][epoch]``) and the
+    epoch chosen per IPC (the best; ties go to the earlier epoch)."""
+
+    sweep: dict[int, dict[int, float]]
+    chosen: dict[int, int]
+    candidates: tuple[int, ...]
+
+
+def sweep_candidates(preset: Preset, expert: Trajectory) -> list[int]:
+    """The preset's candidate epochs the expert has trained (its last epoch if none)."""
+    avail = expert.epochs_done
+    return sorted({e for e in preset.sweep_epochs if 0 < e <= avail} or {avail})
+
+
+def choose_expert_epochs(lab: Lab, preset: Preset, expert: Trajectory, *,
+                         ipcs: Sequence[int] | None = None) -> EpochChoice:
+    """The one expert-epoch chooser: per IPC, one short student (``preset.sweep_student_for``) per candidate
+    epoch on random images (image seed :func:`SWEEP_IMAGE_SEED`), scored on validation accuracy.
+
+    Every caller (the main job, every study, ``budget --fill``) shares these runs through the store (study
+    ``baseline-sweep``), so a study after ``softlabels run`` trains none of them again.
+    """
+    ipc_list = list(preset.ipcs if ipcs is None else ipcs)
+    candidates = sweep_candidates(preset, expert)
+    grid = [(ipc, e) for ipc in ipc_list for e in candidates]
+    results = lab.evaluate_many(
+        [  # one call: the students may train in parallel (see Lab.workers)
+            CellSpec(
+                set=SetSpec(
+                    ipc=ipc, label=LabelSpec(kind="soft", expert_epoch=e), image_seed=sweep_image_seed(ipc)
+                ),
+                student=preset.sweep_student_for(ipc),
+                seeds=(0,),
+                experts=(expert,),
+                study=SWEEP_STUDY,
+            )
+            for ipc, e in grid
+        ]
+    )
+    sweep: dict[int, dict[int, float]] = {ipc: {} for ipc in ipc_list}
+    for (ipc, e), res in zip(grid, results, strict=True):
+        v = res[0]["metrics"]["val_acc"]
+        sweep[ipc][e] = float("nan") if v is None else float(v)
+    chosen = {
+        ipc: max(sweep[ipc], key=lambda e, ipc=ipc: (_finite_or_low(sweep[ipc][e]), -e)) for ipc in ipc_list
+    }
+    return EpochChoice(sweep=sweep, chosen=chosen, candidates=tuple(candidates))
+
+
+def _finite_or_low(v: float) -> float:
+    return v if v == v else float("-inf")
+
+
+@dataclass(frozen=True, kw_only=True)
+class BaselineRow:
+    ipc: int
+    label: str
+    expert_epoch: int | None
+    mean: float
+    std: float
+    seeds: int
+    protocol: str
+    wall_s: float
+    nbytes: int
+    accs: list[float] = field(default_factory=list)
+    student_epochs: int = 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class BaselineResult:
+    rows: list[BaselineRow]
+    sweep: dict[int, dict[int, float]]       # ipc -> {expert epoch: validation accuracy}
+    chosen: dict[int, int]                   # ipc -> chosen expert epoch
+    expert_history: list[dict]
+    expert_key: str
+    preset: str
+    protocol: str
+    wall_s: float
+    student: dict
+    expert: dict
+    report: Path | None = None
+    plot: Path | None = None
+
+
+def run_baseline(lab: Lab, preset: Preset, *, protocol: str = "clean", seeds: Sequence[int] | None = None,
+                 expert_epochs: dict[int, int] | None = None, report: bool = True) -> BaselineResult:
+    """Run the main job in ``lab`` with ``preset``; resumable through the lab's store. With ``report``
+    (default) it writes ``report.md`` and ``baseline.png`` into the lab's folder.
+
+    ``seeds`` (default: the preset's) are the student seeds of every reported cell. The sweep uses other
+    images and the validation split, so the reported test numbers are not selected on.
+    """
+    t0 = time.perf_counter()
+    seed_ids = tuple(preset.seeds if seeds is None else seeds)
+    expert = lab.expert(preset.expert)
+    if expert_epochs:
+        sweep, chosen = {}, dict(expert_epochs)
+    else:
+        choice = choose_expert_epochs(lab, preset, expert)
+        sweep, chosen = choice.sweep, choice.chosen
+    grid = [
+        (ipc, label)
+        for ipc in preset.ipcs
+        for label in (LabelSpec(kind="hard", codec="hard"), LabelSpec(kind="soft", expert_epoch=chosen[ipc]))
+    ]
+    recipes = {ipc: preset.student_for(ipc) for ipc in preset.ipcs}
+    results = lab.evaluate_many([
+        CellSpec(set=SetSpec(ipc=ipc, label=label), student=recipes[ipc], seeds=seed_ids, experts=(expert,),
+                 protocol=protocol, study="baseline") for ipc, label in grid])
+    rows: list[BaselineRow] = []
+    for (ipc, label), res in zip(grid, results, strict=True):
+        accs = [r["metrics"]["paper_acc"] if protocol == "paper" else r["metrics"]["test_acc"] for r in res]
+        mean, std = mean_std(accs)
+        wall = sum(r["wall_s"] for r in res)  # the students' own times (several may have run at once)
+        rows.append(
+            BaselineRow(
+                ipc=ipc,
+                label=label.kind,
+                expert_epoch=label.expert_epoch,
+                mean=mean,
+                std=std,
+                seeds=len(accs),
+                protocol=protocol,
+                wall_s=wall,
+                nbytes=res[0]["nbytes"],
+                accs=accs,
+                student_epochs=recipes[ipc].epochs,
+            )
+        )
+    result = BaselineResult(rows=rows, sweep=sweep, chosen=chosen, expert_history=expert.history(),
+                            expert_key=expert.key, preset=preset.name, protocol=protocol,
+                            wall_s=time.perf_counter() - t0, student=preset.student.to_dict(),
+                            expert=preset.expert.to_dict())
+    if not report:
+        return result
+    md, png = write_baseline_report(result, lab.out_dir, dataset=lab.data.name)
+    return replace(result, report=md, plot=png)
+
+
+def write_baseline_report(result: BaselineResult, out_dir: Path, *, dataset: str) -> tuple[Path, Path]:
+    """Markdown report + PNG plot of accuracy vs IPC for hard and soft labels."""
+    from .io import atomic_write_text
+    from .report.plots import plot_baseline
+
+    out_dir = Path(out_dir)
+    png = plot_baseline(result, out_dir / "baseline.png", dataset=dataset)
+    lines = [
+        f"# Soft-label baseline on {dataset}",
+        "",
+        f"Protocol: **{result.protocol}** — {describe_protocol(result.protocol)}.",
+        f"Preset: `{result.preset}`; expert `{result.expert_key}`; total wall time {result.wall_s:.0f} s.",
+        "",
+        "| IPC | labels | expert epoch | test acc % (mean ± std) | seeds | student epochs "
+        "| bytes (images+labels) "
+        "| wall s |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in result.rows:
+        ep = "" if r.expert_epoch is None else str(r.expert_epoch)
+        lines.append(f"| {r.ipc} | {r.label} | {ep} | {100 * r.mean:.1f} ± {100 * r.std:.1f} | {r.seeds} | "
+                     f"{r.student_epochs} | {r.nbytes:,} | {r.wall_s:.0f} |")
+    if result.sweep:
+        epochs = next(iter(result.sweep.values()))
+        lines += ["", "## Expert-epoch choice (validation accuracy %, one short student per epoch)", "",
+                  "| IPC | " + " | ".join(f"epoch {e}" for e in epochs) + " | chosen |",
+                  "|---:|" + "---:|" * (len(epochs) + 1)]
+        for ipc, accs in result.sweep.items():
+            lines.append(f"| {ipc} | " + " | ".join(f"{100 * a:.1f}" for a in accs.values())
+                         + f" | {result.chosen[ipc]} |")
+    lines += ["", "## Expert trajectory", "", "| epoch | val acc % | test acc % |", "|---:|---:|---:|"]
+    for h in result.expert_history:
+        lines.append(
+            f"| {h['epoch']} | {100 * h.get('val_acc', float('nan')):.1f} | {100 * h['test_acc']:.1f} |"
+        )
+    lines += ["", "## Settings", "", f"- expert: `{result.expert}`", f"- student: `{result.student}`", "",
+              "![accuracy vs IPC](baseline.png)", ""]
+    md = atomic_write_text(out_dir / "report.md", "\n".join(lines))
+    return md, png
