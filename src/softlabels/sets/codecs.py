@@ -1,5 +1,6 @@
-"""Exact codecs for what a compressed training set stores: one import path for the codec machinery
-(:mod:`.codec_base`), the label codecs (:mod:`.label_codecs`) and the image codecs (:mod:`.image_codecs`)."""
+"""Codecs for what a compressed training set stores: one import path for the codec machinery
+(:mod:`.codec_base`), the label codecs (:mod:`.label_codecs`) and the image codecs (:mod:`.image_codecs`;
+the lossy ones in :mod:`.lossy_codecs`)."""
 
 from .codec_base import (
     Codec,
@@ -22,22 +23,27 @@ from .label_codecs import (
     decode_labels,
     label_codec,
 )
+from .lossy_codecs import DownCodec, JpegCodec, PackCodec, WebpCodec
 
 __all__ = [
     "IMAGE_CODECS",
     "LABEL_CODECS",
     "Bf16Codec",
     "Codec",
+    "DownCodec",
     "Encoded",
     "Fp16Codec",
     "Fp32Codec",
     "HardCodec",
     "ImageCodec",
+    "JpegCodec",
     "LabelCodec",
+    "PackCodec",
     "PngCodec",
     "QuantCodec",
     "RawCodec",
     "TopKCodec",
+    "WebpCodec",
     "ZlibCodec",
     "decode_images",
     "decode_labels",
