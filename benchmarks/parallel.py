@@ -59,7 +59,7 @@ def main() -> None:
 
             def jobs(n, ep, seed0=0, recipe=recipe, x=x, y=y):
                 return [StudentJob(images=x, labels=y, recipe=recipe.replace(epochs=ep), seed=seed0 + i,
-                                   compile_model=True, evaluate=False) for i in range(n)]
+                                   compile_model=True, parts=()) for i in range(n)]
 
             ts, ws = timed(serial, jobs(args.students, epochs), jobs(1, 2, 100))
             tp, wp = timed(parallel, jobs(args.students, epochs), jobs(args.workers, 2, 100))

@@ -166,7 +166,7 @@ class ReferenceExecutor:
             if job.protocol != "clean":
                 raise ValueError("the reference loop reports the clean protocol only")
             res = train_reference(job.images, job.labels, job.recipe, seed=job.seed,
-                                  evals=self.evals if job.evaluate else None)
+                                  evals=self.evals if job.parts else None)
             if on_epoch is not None:
                 on_epoch(job.recipe.epochs)
             on_result(job, res)

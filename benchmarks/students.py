@@ -133,7 +133,7 @@ def parallel_runs(x, y, recipe, seeds, compile_on, evals, amp, workers):
     try:
         t0 = time.perf_counter()
         warm_jobs = [StudentJob(images=x, labels=y, recipe=recipe.replace(epochs=2), seed=99 + i,
-                                compile_model=compile_on, evaluate=False) for i in range(workers)]
+                                compile_model=compile_on, parts=()) for i in range(workers)]
         ex.run(warm_jobs, lambda job, res: None)
         warm = time.perf_counter() - t0
         states: dict[int, dict] = {}
@@ -146,7 +146,7 @@ def parallel_runs(x, y, recipe, seeds, compile_on, evals, amp, workers):
                     recipe=recipe,
                     seed=s,
                     compile_model=compile_on,
-                    evaluate=False,
+                    parts=(),
                     return_state=True,
                     tag=s,
                 )

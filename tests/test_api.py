@@ -17,7 +17,7 @@ from softlabels.store import ResultsStore
 @pytest.fixture
 def tiny_preset(tiny_data_spec, tiny_expert, tiny_student):
     return sl.Preset(name="tiny", data=tiny_data_spec, expert=tiny_expert, student=tiny_student, ipcs=(1, 2),
-                     seeds=(0, 1), sweep_epochs=(1, 3), sweep_student_epochs=3)
+                     seeds=(0, 1), sweep_epochs=(1, 3), sweep_length=3)
 
 
 @pytest.fixture

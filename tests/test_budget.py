@@ -31,12 +31,21 @@ def tiny_preset(tiny_data_spec):
     return Preset(
         name="tiny",
         data=tiny_data_spec,
-        expert=ExpertRecipe(model="convnet-d3", width=8, epochs=3, train_images=200, precision="fp32"),
+        expert=ExpertRecipe(
+            model="convnet-d3",
+            width=8,
+            epochs=3,
+            train_images=200,
+            precision="fp32",
+            lr=0.05,
+            batch_size=32,
+            momentum=0.9,
+        ),  # an expert that learns: both sweep candidates are above chance
         student=StudentRecipe(model="convnet-d3", width=8, epochs=5, precision="fp32", compile="off"),
         ipcs=(1, 4),
         seeds=(0,),
         sweep_epochs=(1, 3),
-        sweep_student_epochs=4,
+        sweep_length=4,
     )
 
 

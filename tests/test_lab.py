@@ -12,7 +12,7 @@ from softlabels.sets.spec import SetSpec
 
 def _preset(tiny_data_spec, tiny_expert, tiny_student):
     return Preset(name="tiny", data=tiny_data_spec, expert=tiny_expert, student=tiny_student, ipcs=(1, 3),
-                  seeds=(0, 1), sweep_epochs=(1, 3), sweep_student_epochs=4)
+                  seeds=(0, 1), sweep_epochs=(1, 3), sweep_length=4)
 
 
 def test_evaluate_stores_and_resumes(tiny_lab, tiny_expert, tiny_student, monkeypatch):
@@ -103,9 +103,37 @@ def test_preset_student_length_policy(tiny_data_spec, tiny_expert, tiny_student)
     """One policy for every caller: exact at the anchors, linear in log(IPC) between them, flat beyond."""
     base = _preset(tiny_data_spec, tiny_expert, tiny_student)
     assert base.student_for(3).epochs == tiny_student.epochs  # no anchors: the student's own length
-    p = dataclasses.replace(base, student_epochs_by_ipc={1: 300, 10: 150, 50: 50})
+    p = dataclasses.replace(base, student_length_by_ipc={1: 300, 10: 150, 50: 50})
     assert [p.student_for(i).epochs for i in (1, 10, 50)] == [300, 150, 50]
     assert p.student_for(2).epochs == round(300 - 150 * math.log(2) / math.log(10))  # 255
     assert p.student_for(20).epochs == round(150 - 100 * math.log(2) / math.log(5))  # 107
     assert p.student_for(100).epochs == 50 and p.student_for(1).epochs == 300
-    assert p.sweep_student_for(10).epochs == min(150, base.sweep_student_epochs)
+    assert p.sweep_student_for(10).epochs == min(150, base.sweep_length)
+
+
+def test_the_sweep_skips_chance_level_experts_and_warns(tiny_lab, tiny_data_spec, tiny_expert, tiny_student):
+    from softlabels.main_job import choose_expert_epochs, near_chance, sweep_candidates
+
+    assert near_chance(0.26, 4) and not near_chance(0.5, 4) and near_chance(float("nan"), 4)
+    learner = tiny_expert.replace(lr=0.05, momentum=0.9)
+    preset = _preset(tiny_data_spec, learner, tiny_student)
+    expert = tiny_lab.expert(learner)
+    frozen = tiny_lab.expert(tiny_expert.replace(lr=1e-9, seed=3))  # learns nothing: chance at every epoch
+    candidates, notes = sweep_candidates(preset, frozen)
+    assert candidates == [frozen.epochs_done] and "near chance at every candidate epoch" in notes[0]
+    choice = choose_expert_epochs(tiny_lab, preset, frozen, ipcs=[1])
+    assert any("near chance" in w for w in choice.warnings) and choice.chosen == {1: frozen.epochs_done}
+    assert any("near-uniform labels" in w for w in choice.warnings)
+    assert not near_chance(expert.history()[-1]["val_acc"], 4)  # the fixture's recipe learns the task
+    good, notes = sweep_candidates(preset, expert)
+    assert good and not notes and all(not near_chance(expert.history()[e]["val_acc"], 4) for e in good)
+
+
+def test_sweep_students_are_judged_on_validation_only(tiny_lab, tiny_data_spec, tiny_expert, tiny_student):
+    from softlabels.main_job import choose_expert_epochs
+
+    preset = _preset(tiny_data_spec, tiny_expert, tiny_student)
+    choose_expert_epochs(tiny_lab, preset, tiny_lab.expert(tiny_expert), ipcs=[1])
+    runs = tiny_lab.store.query(study="baseline-sweep")
+    assert runs and all(r.metrics["val_acc"] is not None and r.metrics["per_class"] == [] for r in runs)
+    assert all(r.config["eval_parts"] == ["val"] for r in runs)

@@ -32,7 +32,7 @@ TINY = Preset(
     name="tiny", data=DATA,
     expert=ExpertRecipe(model="convnet-d3", width=8, epochs=3, train_images=200, precision="fp32"),
     student=StudentRecipe(model="convnet-d3", width=8, epochs=5, precision="fp32", compile="off"),
-    ipcs=(1, 2), seeds=(0, 1), sweep_epochs=(1, 3), sweep_student_epochs=3,
+    ipcs=(1, 2), seeds=(0, 1), sweep_epochs=(1, 3), sweep_length=3,
 )
 # study name -> the tiny grid each test run uses
 OPTIONS = {

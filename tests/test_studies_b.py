@@ -30,7 +30,7 @@ TINY = Preset(
     name="tiny-test", data=DataSpec(name="synthetic", val_fraction=0.2),
     expert=ExpertRecipe(model="convnet-d3", width=8, epochs=3, train_images=200, precision="fp32"),
     student=StudentRecipe(model="convnet-d3", width=8, epochs=5, precision="fp32", compile="off"),
-    ipcs=(1, 2), seeds=(0,), sweep_epochs=(1, 3), sweep_student_epochs=5,
+    ipcs=(1, 2), seeds=(0,), sweep_epochs=(1, 3), sweep_length=5,
 )
 SCALING = dict(ipcs=[1, 2, 4], ks=[0, 1, 2, C], epochs=[1, 3], frontier_epochs=[1, 2, 3], seeds=[0])
 ENSEMBLE = dict(n=2, ipcs=[1, 2], expert_epoch=2, seeds=[0])

@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -241,3 +243,81 @@ def test_two_model_shapes_compile_in_one_process(tiny_ds):
     x, y2, _ = _data(tiny_ds)
     b = train_student(x, y2, rec, seed=0, compile_model=True)
     assert a.epochs == b.epochs == 2
+
+
+def test_learning_rate_schedules():
+    from softlabels.engine.loop import lr_at
+
+    sgd = StudentRecipe(lr=0.1, epochs=8)
+    assert [
+        lr_at(sgd, step=0, epoch=e, total_steps=8, total_epochs=8) for e in (0, 1, 2, 7)
+    ] == pytest.approx([0.1, 0.1, 0.03, 0.1 * 0.3**3])  # StepLR(epochs // 4 = 2, 0.3), the reference's
+    adamw = StudentRecipe(optimizer="adamw", lr=0.1, epochs=4)
+    assert lr_at(adamw, step=0, epoch=2, total_steps=4, total_epochs=4) == pytest.approx(
+        0.05
+    )  # cosine per epoch
+    cos = StudentRecipe(optimizer="adamw", lr=0.1, schedule="cosine", warmup=0.25, steps=8)
+    got = [lr_at(cos, step=s, epoch=0, total_steps=8, total_epochs=1) for s in range(8)]
+    expected = [0.05, 0.1] + [
+        0.1 * 0.5 * (1 + math.cos(math.pi * t / 6)) for t in range(6)
+    ]  # warm-up 2 steps
+    assert got == pytest.approx(expected)
+    lin = cos.replace(schedule="linear", warmup=0.0)
+    assert [lr_at(lin, step=s, epoch=0, total_steps=4, total_epochs=1) for s in range(4)] == pytest.approx(
+        [0.1, 0.075, 0.05, 0.025])
+    with pytest.raises(ValueError, match="warmup"):
+        StudentRecipe(warmup=0.1)  # the reference schedule has no warm-up
+    with pytest.raises(ValueError, match="nesterov"):
+        StudentRecipe(optimizer="adamw", nesterov=True)
+
+
+def test_a_step_budget_sets_the_length(tiny_ds):
+    x, y, ev = _data(tiny_ds)  # 40 images, batch 16: 3 steps per epoch
+    rec = StudentRecipe(model="convnet-d3", width=8, steps=7, batch_size=16, precision="fp32", compile="off")
+    assert rec.total_steps(40) == 7 and rec.total_epochs(40) == 3
+    r = train_student(x, y, rec, seed=0, evals=ev)
+    assert r.epochs == 3 and 0 <= r.test_acc <= 1
+    assert StudentRecipe(epochs=5, batch_size=16).total_steps(40) == 15
+
+
+def test_label_smoothing_is_training_on_smoothed_labels(tiny_ds):
+    x, y, ev = _data(tiny_ds)
+    rec = StudentRecipe(model="convnet-d3", width=8, epochs=3, batch_size=16, precision="fp32", compile="off")
+    a = train_student(x, y, rec.replace(label_smoothing=0.2), seed=1, return_state=True)
+    b = train_student(x, 0.8 * y + 0.2 / y.shape[1], rec, seed=1, return_state=True)
+    assert all(torch.equal(a.state[k], b.state[k]) for k in a.state)
+
+
+def test_weight_average_follows_its_formula():
+    from softlabels.engine.loop import _WeightAverage
+
+    p = torch.nn.Parameter(torch.zeros(3))
+    avg = _WeightAverage([p], decay=0.9)
+    expected = torch.zeros(3)
+    for t in range(1, 6):
+        with torch.no_grad():
+            p.add_(1.0)
+        avg.update()
+        d = min(0.9, (1 + t) / (10 + t))
+        expected = d * expected + (1 - d) * p.detach()
+    torch.testing.assert_close(avg.avg[0], expected)
+
+
+def test_flip_averaging_adds_the_mirrors_logits(tiny_ds):
+    x = tiny_ds.normalize(tiny_ds.test_images)
+    m = init_model("convnet-d3", 8, seed=2, in_channels=1, num_classes=4, image_size=(12, 12))
+    with torch.no_grad():
+        expected = (m.eval()(x) + m(x.flip(3))).argmax(1)
+    ev = EvalSets(x, tiny_ds.test_targets)
+    got = predict(
+        m, x, flip=True, stats=ev.stem_stats(m, "test"), flip_stats=ev.stem_stats(m, "test", flip=True)
+    )
+    assert torch.equal(got, expected) and torch.equal(predict(m, x, flip=True), expected)
+
+
+def test_a_weight_average_is_what_is_judged(tiny_ds):
+    xs, ys, _ = _data(tiny_ds)
+    rec = StudentRecipe(model="convnet-d3", width=8, epochs=3, batch_size=16, precision="fp32", compile="off")
+    plain = train_student(xs, ys, rec, seed=0, return_state=True).state
+    averaged = train_student(xs, ys, rec.replace(ema=0.5), seed=0, return_state=True).state
+    assert not torch.equal(plain["classifier.weight"], averaged["classifier.weight"])

@@ -7,6 +7,7 @@ is labelled) and ``StudentRecipe`` (how a student trains). Presets that bundle t
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
@@ -31,13 +32,21 @@ PROTOCOL_NOTES = {
 }
 
 
+def _check_model(name: str) -> None:
+    """An unknown model name fails here, with the closest registered one, before any data or training."""
+    from .models import MODELS
+
+    MODELS.get(name)
+
+
 def describe_protocol(protocol: str) -> str:
     return PROTOCOL_NOTES[check_choice("protocol", protocol, PROTOCOLS)]
 
 
 class _Config:
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)  # type: ignore[call-overload]
+        """The fields as plain JSON values (tuples become lists), as written beside artifacts."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}  # type: ignore[call-overload]
 
     def replace(self, **changes: Any):
         return replace(self, **changes)  # type: ignore[type-var]
@@ -69,15 +78,21 @@ class DataSpec(_Config):
 
 @dataclass(frozen=True, kw_only=True)
 class ExpertRecipe(_Config):
-    """How an expert (teacher) is trained on hard labels; a checkpoint is kept after every epoch.
+    """How an expert (teacher) is trained on hard labels, with checkpoints along the way.
 
-    Defaults follow the reference ``buffer.py``: SGD lr 0.01, no momentum, no weight decay, batch 256,
-    DSA on. ``train_images`` limits each epoch to a fixed stratified subset (CPU presets).
+    Length: ``steps`` optimizer steps (batches of ``batch_size`` drawn from the whole training pool, pass
+    after pass), checkpointed after each step listed in ``checkpoints`` and at the end; or, without
+    ``steps``, ``epochs`` passes checkpointed after each (``train_images`` limits a pass to that many random
+    images). A step budget means the same training on any dataset size; checkpoints can be spaced finely
+    early, where the best soft labels are. Checkpoint k (0 = the initial weights) is "expert epoch" k.
+    Defaults follow the reference ``buffer.py``: SGD lr 0.01, no momentum, no weight decay, batch 256, DSA.
     """
 
     model: str = "convnet-d3"
     width: int | None = None
     epochs: int = 50
+    steps: int | None = None
+    checkpoints: tuple[int, ...] = ()
     lr: float = 0.01
     momentum: float = 0.0
     weight_decay: float = 0.0
@@ -89,6 +104,7 @@ class ExpertRecipe(_Config):
     seed: int = 0
 
     def __post_init__(self) -> None:
+        _check_model(self.model)
         check_positive_int("epochs", self.epochs)
         check_positive_float("lr", self.lr)
         check_positive_float("momentum", self.momentum, allow_zero=True)
@@ -100,6 +116,48 @@ class ExpertRecipe(_Config):
             check_positive_int("width", self.width)
         if self.train_images is not None:
             check_positive_int("train_images", self.train_images)
+        if isinstance(self.checkpoints, (str, bytes)) or not isinstance(self.checkpoints, (tuple, list)):
+            raise TypeError(f"checkpoints must be a sequence of step counts, got {self.checkpoints!r}")
+        ckpts = tuple(sorted({check_positive_int("checkpoint step", c) for c in self.checkpoints}))
+        object.__setattr__(self, "checkpoints", ckpts)
+        if self.steps is not None:
+            check_positive_int("steps", self.steps)
+            if self.train_images is not None:
+                raise ValueError("train_images limits an epoch; with a step budget every step draws from the "
+                                 "whole pool: drop train_images")
+            if ckpts and ckpts[-1] > self.steps:
+                raise ValueError(
+                    f"checkpoint step {ckpts[-1]} is beyond the {self.steps} steps of the recipe"
+                )
+        elif ckpts:
+            raise ValueError("checkpoints are step counts: give the recipe a step budget (steps=...)")
+
+    def schedule(self, n_pool: int) -> tuple[int, int, list[int]]:
+        """(total steps, images per pass, the steps after which checkpoints 1, 2, ... are kept)."""
+        if self.steps is None:
+            per_pass = min(n_pool, self.train_images or n_pool)
+            spp = math.ceil(per_pass / self.batch_size)
+            return spp * self.epochs, per_pass, [spp * e for e in range(1, self.epochs + 1)]
+        return self.steps, n_pool, sorted({c for c in self.checkpoints if c < self.steps} | {self.steps})
+
+    def truncated(self, n_checkpoints: int, n_pool: int) -> ExpertRecipe:
+        """The recipe stopped after checkpoint ``n_checkpoints`` (without lr decay its checkpoints are the
+        first ones of this recipe's, bit for bit)."""
+        total, _, ckpts = self.schedule(n_pool)
+        k = check_positive_int("n_checkpoints", n_checkpoints)
+        if k >= len(ckpts):
+            return self
+        if self.steps is None:
+            return self.replace(epochs=k)
+        return self.replace(steps=ckpts[k - 1], checkpoints=tuple(ckpts[: k - 1]))
+
+
+def geometric_checkpoints(first: int, last: int, n: int) -> tuple[int, ...]:
+    """``n`` checkpoint steps spaced geometrically from ``first`` to ``last`` (rounded, distinct)."""
+    if n < 2 or not 0 < first < last:
+        raise ValueError(f"need n >= 2 and 0 < first < last, got n={n}, first={first}, last={last}")
+    ratio = (last / first) ** (1 / (n - 1))
+    return tuple(sorted({round(first * ratio**i) for i in range(n)}))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -133,35 +191,65 @@ class LabelSpec(_Config):
         object.__setattr__(self, "codec", label_codec(self.codec).spec)
 
 
+SCHEDULES = ("auto", "cosine", "linear")
+TTA_MODES = ("none", "flip")
+
+
 @dataclass(frozen=True, kw_only=True)
 class StudentRecipe(_Config):
-    """How students are trained on a compressed set (paper §6).
+    """How students are trained on a compressed set.
 
-    SGD: momentum 0.9, weight decay 5e-4, StepLR(epochs // 4, 0.3). AdamW: weight decay 0.01, cosine.
-    Cross-entropy with probability targets, DSA on every batch, batch 256. ``eval_every`` is the
-    paper protocol's test-checkpoint interval (200). ``compile`` and nothing else is a speed switch that
-    leaves results equal (it is not part of a run's identity).
+    Length: ``steps`` optimizer steps if given, else ``epochs`` passes over the set (a set of N images takes
+    ceil(N / batch) steps per epoch). ``schedule``: "auto" is the reference code's (SGD: StepLR(epochs // 4,
+    0.3); AdamW: cosine per epoch); "cosine" and "linear" decay to zero per step after ``warmup`` (a fraction
+    of the steps, linear from zero). SGD: momentum 0.9 (``nesterov`` optional), weight decay 5e-4; AdamW:
+    weight decay 0.01. Cross-entropy with probability targets (``label_smoothing`` mixes in the uniform
+    distribution), DSA on every batch, batch 256. ``ema`` > 0 evaluates an exponential moving average of the
+    weights (decay per step); ``tta="flip"`` averages the logits of each image and its mirror at evaluation.
+    ``eval_every`` is the paper protocol's test-checkpoint interval (200 epochs). ``compile`` and nothing
+    else is a speed switch that leaves results equal (it is not part of a run's identity).
     """
 
     model: str = "convnet-d3"
     width: int | None = None
     epochs: int = 3000
+    steps: int | None = None
     lr: float = 0.01
     optimizer: str = "sgd"
     momentum: float = 0.9
+    nesterov: bool = False
     weight_decay: float | None = None
+    schedule: str = "auto"
+    warmup: float = 0.0
     batch_size: int = 256
     dsa: bool = True
+    label_smoothing: float = 0.0
+    ema: float = 0.0
+    tta: str = "none"
     eval_every: int = 200
     precision: str = "auto"
     compile: str = "auto"
 
     def __post_init__(self) -> None:
+        _check_model(self.model)
         check_positive_int("epochs", self.epochs)
+        if self.steps is not None:
+            check_positive_int("steps", self.steps)
         check_positive_float("lr", self.lr)
         check_choice("optimizer", self.optimizer, OPTIMIZERS)
         check_positive_float("momentum", self.momentum, allow_zero=True)
+        if not isinstance(self.nesterov, bool):
+            raise TypeError(f"nesterov must be True or False, got {self.nesterov!r}")
+        if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0):
+            raise ValueError("nesterov needs optimizer='sgd' with momentum > 0")
+        check_choice("schedule", self.schedule, SCHEDULES)
+        check_fraction("warmup", self.warmup)
+        if self.warmup and self.schedule == "auto":
+            raise ValueError("warmup applies to the per-step schedules: use schedule='cosine' or 'linear'")
         check_positive_int("batch_size", self.batch_size)
+        check_fraction("label_smoothing", self.label_smoothing)
+        check_fraction("ema", self.ema)
+        check_choice("tta", self.tta, TTA_MODES)
         check_positive_int("eval_every", self.eval_every)
         check_choice("precision", self.precision, PRECISIONS)
         check_choice("compile", self.compile, ("auto", "on", "off"))
@@ -180,6 +268,17 @@ class StudentRecipe(_Config):
     def model_name(self) -> str:
         """The model and its width as one name, e.g. ``convnet-d3-w32``."""
         return self.model if self.width is None else f"{self.model}-w{self.width}"
+
+    def steps_per_epoch(self, n_images: int) -> int:
+        return max(1, math.ceil(n_images / min(self.batch_size, max(1, n_images))))
+
+    def total_steps(self, n_images: int) -> int:
+        """Optimizer steps of one student on ``n_images`` images."""
+        return self.steps if self.steps is not None else self.epochs * self.steps_per_epoch(n_images)
+
+    def total_epochs(self, n_images: int) -> int:
+        """Passes over the set (the last one partial when ``steps`` is not a multiple of an epoch)."""
+        return math.ceil(self.total_steps(n_images) / self.steps_per_epoch(n_images))
 
     def identity(self) -> dict[str, Any]:
         """The fields that change results (speed switches that keep results equal are excluded)."""

@@ -54,12 +54,12 @@ def evaluate_set(
     check_choice("protocol", protocol, PROTOCOLS)
     source = str(cset) if isinstance(cset, (str, Path)) else "given set"
     if isinstance(cset, (str, Path)):
-        cset = CompressedSet.from_file(cset)
+        cset = CompressedSet.from_file(cset, num_classes=lab.prepared.num_classes)
     lab.check_compatible(cset, name=source)
     spec = SetSpec.of_set(cset)
     recipe = student if student is not None else preset.student_for(spec.ipc)
     if student_epochs is not None:
-        recipe = recipe.replace(epochs=student_epochs)
+        recipe = recipe.replace(epochs=student_epochs, steps=None)
     res = lab.evaluate(
         spec, student=recipe, seeds=tuple(seeds), protocol=protocol, study="evaluate", given=cset
     )

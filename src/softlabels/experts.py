@@ -1,16 +1,24 @@
-"""Experts (teachers): trained on hard labels with a checkpoint after every epoch; resumable.
+"""Experts (teachers): trained on hard labels with checkpoints along the way; crash-safe and resumable.
 
-An expert lives in ``<root>/experts/<key>/`` where ``key`` hashes the recipe and the exact data it
-sees. ``epoch_0000.safetensors`` holds the initial weights and ``epoch_E`` the weights after E epochs
-(the paper's convention). ``manifest.json`` records the recipe, data fingerprint, seed and per-epoch
-train / validation / test accuracy. An interrupted run resumes from its last finished epoch with the
-same optimiser and random-generator state, so it ends bit-identical to an uninterrupted one.
+An expert lives in ``<root>/experts/<key>/`` where ``key`` hashes the recipe and the exact data it sees.
+``ckpt_<step>.safetensors`` holds the weights after that many optimizer steps (step 0: the initial weights)
+and, beside them, everything a resume needs (optimizer state, generator state, the current pass's order and
+position in it). ``manifest.json`` is the one commit point: it lists every checkpoint with its step and the
+SHA-256 of its file, and the per-checkpoint train / validation / test accuracy. A checkpoint file the
+manifest does not name (a crash between the two writes) is ignored and written again. A resume verifies the
+last listed checkpoint and rolls back to the last one whose file is intact, saying so; it then ends
+bit-identical to an uninterrupted run. One process trains an expert at a time (a lock file; a process that
+dies releases it).
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import sys
 import time
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +35,11 @@ from .models import get_model_spec, init_model
 from .validation import CorruptFileError, DataNotFoundError
 from .version import __version__
 
+__all__ = ["Trajectory", "expert_key", "find_expert", "train_expert"]
+
 EpochCallback = Callable[[int, dict], None]
+FORMAT = "softlabels.expert/2"
+_RESUME = "resume."
 
 
 def expert_key(recipe: ExpertRecipe, prepared: PreparedData) -> str:
@@ -35,9 +47,17 @@ def expert_key(recipe: ExpertRecipe, prepared: PreparedData) -> str:
                         "zca": bool(prepared.spec.zca), "kind": "expert"})
 
 
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 @dataclass
 class Trajectory:
-    """A trained (or partially trained) expert on disk."""
+    """A trained (or partially trained) expert on disk; checkpoint k is "expert epoch" k."""
 
     path: Path
     manifest: dict
@@ -49,7 +69,11 @@ class Trajectory:
         if not mf.exists():
             raise DataNotFoundError(f"no expert at {path} (missing manifest.json); train one with "
                                     "`softlabels expert train`")
-        return cls(path, read_json(mf))
+        manifest = read_json(mf)
+        if manifest.get("format") != FORMAT:
+            raise CorruptFileError(f"{path} holds an expert of another format ({manifest.get('format')!r}); "
+                                   "delete the folder to train it again")
+        return cls(path, manifest)
 
     @property
     def key(self) -> str:
@@ -61,28 +85,40 @@ class Trajectory:
 
     @property
     def epochs_done(self) -> int:
-        return int(self.manifest["epochs_done"])
+        """The index of the last checkpoint (the number of checkpoints after the initial weights)."""
+        return len(self.manifest["checkpoints"]) - 1
+
+    @property
+    def steps_done(self) -> int:
+        return int(self.manifest["checkpoints"][-1]["step"])
 
     @property
     def complete(self) -> bool:
-        return self.epochs_done >= self.recipe.epochs
+        return self.steps_done >= int(self.manifest["total_steps"])
 
     def history(self) -> list[dict]:
-        """Per-epoch records: epoch, train_acc, val_acc, test_acc, loss, wall_s (epoch 0 = init)."""
+        """Per checkpoint: epoch (its index), step, passes (images seen / pool size), train_acc, val_acc,
+        test_acc, loss, wall_s."""
         return list(self.manifest["history"])
 
-    def checkpoint_path(self, epoch: int) -> Path:
-        return self.path / f"epoch_{epoch:04d}.safetensors"
+    def checkpoint_step(self, epoch: int) -> int:
+        return int(self.manifest["checkpoints"][self._check(epoch)]["step"])
 
-    def state_dict(self, epoch: int) -> dict[str, torch.Tensor]:
+    def checkpoint_path(self, epoch: int) -> Path:
+        return self.path / self.manifest["checkpoints"][self._check(epoch)]["file"]
+
+    def _check(self, epoch: int) -> int:
         if not 0 <= epoch <= self.epochs_done:
             raise ValueError(f"expert {self.key} has epochs 0..{self.epochs_done}; epoch {epoch} is not "
-                             "available (train it longer with a larger --epochs)")
+                             "available (train it longer)")
+        return epoch
+
+    def state_dict(self, epoch: int) -> dict[str, torch.Tensor]:
         tensors, meta = load_tensors(self.checkpoint_path(epoch))
         if meta.get("expert", self.key) != self.key:
             raise CorruptFileError(f"{self.checkpoint_path(epoch)} belongs to expert {meta.get('expert')}, "
                                    f"not {self.key}")
-        return tensors
+        return {k: v for k, v in tensors.items() if not k.startswith(_RESUME)}
 
     def model(self, epoch: int, *, device: str | torch.device = "cpu") -> nn.Module:
         m = self.manifest
@@ -95,80 +131,168 @@ class Trajectory:
         return net
 
 
+@contextlib.contextmanager
+def _training_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock on the expert's folder while this process trains it; another process waits (told
+    so) and then finds the expert trained. The OS releases the lock of a process that dies."""
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - no POSIX locks (Windows): one process at a time is on the user
+        yield
+        return
+    with open(path / ".lock", "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"softlabels: another process is training expert {path.name}; waiting for it to finish",
+                  file=sys.stderr, flush=True)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _consistent(path: Path, manifest: dict) -> dict:
+    """The manifest cut back to its last checkpoint whose file exists and matches its hash."""
+    ckpts = manifest["checkpoints"]
+    good = len(ckpts)
+    while good > 0 and not _intact(path / ckpts[good - 1]["file"], ckpts[good - 1]["sha256"]):
+        good -= 1
+    if good == len(ckpts):
+        return manifest
+    if good == 0:
+        raise CorruptFileError(f"{path}: no intact checkpoint is left; delete the folder to train it again")
+    warnings.warn(
+        f"expert {path.name}: checkpoint {ckpts[good]['file']} is missing or corrupt; resuming from "
+        f"{ckpts[good - 1]['file']} (step {ckpts[good - 1]['step']})",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+    return dict(manifest, checkpoints=ckpts[:good], history=manifest["history"][:good])
+
+
+def _intact(path: Path, sha256: str) -> bool:
+    return path.exists() and file_sha256(path) == sha256
+
+
 def train_expert(prepared: PreparedData, recipe: ExpertRecipe, *, root: str | Path,
                  device: str | torch.device = "cpu", on_epoch: EpochCallback | None = None,
                  stop_after: int | None = None) -> Trajectory:
     """Train (or resume, or reuse) the expert for ``recipe`` on ``prepared``'s train pool.
 
-    ``stop_after`` ends the call after that many new epochs (used to test resumption); the run
-    continues on the next call.
+    ``stop_after`` ends the call after that many new checkpoints (used to test resumption); the run
+    continues on the next call. ``on_epoch(k, record)`` is called after checkpoint k.
     """
-    dev = resolve_device(device)
-    if dev.type == "cpu":
-        tune_allocator()
     key = expert_key(recipe, prepared)
     path = Path(root) / "experts" / key
+    with _training_lock(path):
+        return _train(prepared, recipe, key, path, resolve_device(device), on_epoch, stop_after)
+
+
+def _train(prepared, recipe, key, path, dev, on_epoch, stop_after) -> Trajectory:
+    if dev.type == "cpu":
+        tune_allocator()
     ds = prepared.dataset
     x_train, y_train = prepared.tensors("train", device=dev)
     evals = {part: prepared.tensors(part, device=dev) for part in ("val", "test")
              if part == "test" or prepared.val_idx.numel()}
     n = x_train.shape[0]
+    total, per_pass, ckpt_steps = recipe.schedule(n)
     model = init_model(recipe.model, recipe.width, seed=recipe.seed, in_channels=ds.image_shape[0],
                        num_classes=ds.num_classes, image_size=ds.image_shape[1:], device=dev)
     opt = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
                           weight_decay=recipe.weight_decay)
     gen = torch.Generator(device=dev).manual_seed(recipe.seed * 7919 + 1)
     amp = resolve_precision(recipe.precision, dev)
+    perm, offset, passes = None, per_pass, 0  # the current pass's order and position in it
 
-    def evaluate(loss: float, wall: float, epoch: int) -> dict:
-        rec = {"epoch": epoch, "loss": loss, "wall_s": wall,
-               "train_acc": accuracy(predict(model, x_train[:2000], amp_dtype=amp), y_train[:2000])}
+    def evaluate(loss: float, wall: float, index: int, step: int) -> dict:
+        rec = {
+            "epoch": index,
+            "step": step,
+            "passes": step * recipe.batch_size / n,
+            "loss": loss,
+            "wall_s": wall,
+            "train_acc": accuracy(predict(model, x_train[:2000], amp_dtype=amp), y_train[:2000]),
+        }
         for part, (x, y) in evals.items():
             rec[f"{part}_acc"] = accuracy(predict(model, x, amp_dtype=amp), y)
         return rec
 
+    def commit(step: int, rec: dict) -> None:
+        """One checkpoint: its file (weights + resume state) first, then the manifest that names it."""
+        tensors = dict(model.state_dict())
+        tensors[_RESUME + "generator"] = gen.get_state()
+        for i, p in enumerate(model.parameters()):
+            buf = opt.state.get(p, {}).get("momentum_buffer")
+            if buf is not None:
+                tensors[f"{_RESUME}momentum.{i}"] = buf
+        if perm is not None:
+            tensors[_RESUME + "perm"] = perm.to(torch.int64)
+        tensors[_RESUME + "position"] = torch.tensor([offset, passes], dtype=torch.int64)
+        name = f"ckpt_{step:07d}.safetensors"
+        save_tensors(path / name, tensors, metadata={"expert": key, "step": str(step)})
+        manifest["checkpoints"].append({"step": step, "file": name, "sha256": file_sha256(path / name)})
+        manifest["history"].append(rec)
+        write_json(path / "manifest.json", manifest)
+
     if (path / "manifest.json").exists():
-        traj = Trajectory.open(path)
-        manifest = traj.manifest
-        start = traj.epochs_done
-        model.load_state_dict(traj.state_dict(start))
-        if start > 0 and not traj.complete:
-            state, _ = load_tensors(path / "resume.safetensors")
-            gen.set_state(state.pop("__generator__"))
-            for i, p in enumerate(model.parameters()):
-                if f"momentum.{i}" in state:
-                    opt.state[p]["momentum_buffer"] = state[f"momentum.{i}"].to(dev)
+        manifest = _consistent(path, Trajectory.open(path).manifest)
+        last = manifest["checkpoints"][-1]
+        state, _ = load_tensors(path / last["file"])
+        step = int(last["step"])
+        model.load_state_dict({k: v for k, v in state.items() if not k.startswith(_RESUME)})
+        gen.set_state(state[_RESUME + "generator"])
+        for i, p in enumerate(model.parameters()):
+            if f"{_RESUME}momentum.{i}" in state:
+                opt.state[p]["momentum_buffer"] = state[f"{_RESUME}momentum.{i}"].to(dev)
+        if _RESUME + "perm" in state:
+            perm = state[_RESUME + "perm"].to(dev)
+        offset, passes = (int(v) for v in state[_RESUME + "position"])
     else:
         spec = get_model_spec(recipe.model, **({"width": recipe.width} if recipe.width else {}))
         manifest = {
-            "key": key, "kind": "expert", "softlabels_version": __version__, "recipe": recipe.to_dict(),
-            "model_spec": spec.to_dict(), "dataset": ds.name, "dataset_fingerprint": ds.fingerprint(),
-            "split_key": prepared.split_key(), "data_spec": prepared.spec.to_dict(),
-            "num_train": int(n), "num_val": int(prepared.val_idx.numel()),
-            "num_classes": ds.num_classes, "in_channels": ds.image_shape[0],
-            "image_size": list(ds.image_shape[1:]), "seed": recipe.seed, "device": str(dev),
-            "precision": "bf16" if amp is not None else "fp32", "epochs_done": 0, "history": [],
+            "format": FORMAT,
+            "key": key,
+            "kind": "expert",
+            "softlabels_version": __version__,
+            "recipe": recipe.to_dict(),
+            "model_spec": spec.to_dict(),
+            "dataset": ds.name,
+            "dataset_fingerprint": ds.fingerprint(),
+            "split_key": prepared.split_key(),
+            "data_spec": prepared.spec.to_dict(),
+            "num_train": int(n),
+            "num_val": int(prepared.val_idx.numel()),
+            "num_classes": ds.num_classes,
+            "in_channels": ds.image_shape[0],
+            "image_size": list(ds.image_shape[1:]),
+            "seed": recipe.seed,
+            "device": str(dev),
+            "precision": "bf16" if amp is not None else "fp32",
+            "total_steps": total,
+            "checkpoint_steps": ckpt_steps,
+            "checkpoints": [],
+            "history": [],
         }
-        save_tensors(
-            path / "epoch_0000.safetensors", model.state_dict(), metadata={"expert": key, "epoch": "0"}
-        )
-        manifest["history"].append(evaluate(float("nan"), 0.0, 0))
-        write_json(path / "manifest.json", manifest)
-        start = 0
+        step = 0
+        commit(0, evaluate(float("nan"), 0.0, 0, 0))
 
-    per_epoch = min(n, recipe.train_images or n)
-    new = 0
-    for epoch in range(start, recipe.epochs):
+    new, t0, loss_sum, seen = 0, time.perf_counter(), 0.0, 0
+    for target in (s for s in ckpt_steps if s > step):
         if stop_after is not None and new >= stop_after:
             break
-        t0 = time.perf_counter()
-        for g in opt.param_groups:  # reference --decay: x0.1 after epoch epochs // 2 + 1
-            g["lr"] = recipe.lr * (0.1 if recipe.decay and epoch > recipe.epochs // 2 else 1.0)
-        model.train()
-        perm = torch.randperm(n, generator=gen, device=dev)[:per_epoch]
-        total, count = 0.0, 0
-        for s in range(0, per_epoch, recipe.batch_size):
-            idx = perm[s:s + recipe.batch_size]
+        while step < target:
+            if offset >= per_pass:  # a new pass over the pool (per_pass images of it, for legacy recipes)
+                perm, offset, passes = torch.randperm(n, generator=gen, device=dev)[:per_pass], 0, passes + 1
+            half = (passes - 1 > recipe.epochs // 2) if recipe.steps is None else step >= total // 2
+            for g in opt.param_groups:  # the reference's --decay: x0.1 for the second half
+                g["lr"] = recipe.lr * (0.1 if recipe.decay and half else 1.0)
+            model.train()
+            idx = perm[offset:offset + recipe.batch_size]
+            offset += recipe.batch_size
             xb, yb = x_train[idx], y_train[idx]
             if recipe.dsa:
                 from .augment import dsa
@@ -180,27 +304,19 @@ def train_expert(prepared: PreparedData, recipe: ExpertRecipe, *, root: str | Pa
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += float(loss.detach()) * idx.numel()
-            count += idx.numel()
-        done = epoch + 1
-        rec = evaluate(total / max(count, 1), time.perf_counter() - t0, done)
-        save_tensors(path / f"epoch_{done:04d}.safetensors", model.state_dict(),
-                     metadata={"expert": key, "epoch": str(done)})
-        resume = {"__generator__": gen.get_state()}
-        for i, p in enumerate(model.parameters()):
-            buf = opt.state.get(p, {}).get("momentum_buffer")
-            if buf is not None:
-                resume[f"momentum.{i}"] = buf
-        save_tensors(path / "resume.safetensors", resume, metadata={"expert": key, "epoch": str(done)})
-        manifest["history"].append(rec)
-        manifest["epochs_done"] = done
-        write_json(path / "manifest.json", manifest)
-        new += 1
+            loss_sum += float(loss.detach()) * idx.numel()
+            seen += idx.numel()
+            step += 1
+        index = len(manifest["checkpoints"])
+        rec = evaluate(loss_sum / max(seen, 1), time.perf_counter() - t0, index, step)
+        commit(step, rec)
+        new, t0, loss_sum, seen = new + 1, time.perf_counter(), 0.0, 0
         if on_epoch is not None:
-            on_epoch(done, rec)
+            on_epoch(index, rec)
     return Trajectory(path, manifest)
 
 
 def find_expert(prepared: PreparedData, recipe: ExpertRecipe, *, root: str | Path) -> Trajectory | None:
     path = Path(root) / "experts" / expert_key(recipe, prepared)
     return Trajectory.open(path) if (path / "manifest.json").exists() else None
+

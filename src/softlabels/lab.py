@@ -46,6 +46,8 @@ class CellSpec:
 
     ``experts`` are the experts the set may read (labels, selection); ``given`` is the user's set for a
     file source (``SetSpec.of_set``). ``eval_classes`` adds the accuracy on those classes' test images.
+    ``parts`` are the evaluation sets the students are judged on ("test", "val"; a sweep that chooses on
+    validation needs only "val").
     """
 
     set: SetSpec
@@ -56,6 +58,7 @@ class CellSpec:
     study: str = "baseline"
     eval_classes: tuple[int, ...] | None = None
     given: CompressedSet | None = None
+    parts: tuple[str, ...] = ("test", "val")
 
     def __post_init__(self) -> None:
         if not isinstance(self.set, SetSpec):
@@ -72,6 +75,9 @@ class CellSpec:
         check_choice("protocol", self.protocol, PROTOCOLS)
         if self.eval_classes is not None:
             object.__setattr__(self, "eval_classes", tuple(int(c) for c in self.eval_classes))
+        object.__setattr__(self, "parts", tuple(self.parts))
+        if not self.parts or any(p not in ("test", "val") for p in self.parts):
+            raise ValueError(f"parts must be a non-empty subset of ('test', 'val'), got {self.parts!r}")
         if (self.given is None) != (self.set.source == "pool"):
             raise ValueError("given= is required with a file source (SetSpec.of_set) and only then")
 
@@ -161,12 +167,15 @@ class Lab:
     # ---- run identity -------------------------------------------------------------------------------
     def run_config(self, cell: CellSpec, seed: int) -> dict[str, Any]:
         """The identity of one student run, built from values only; its hash is the run's key."""
-        return {
+        cfg = {
             "study": cell.study, "dataset": self.prepared.dataset.name, "data": self.data.to_dict(),
             "split_key": self.prepared.split_key(), **cell.set.identity(cell.set.experts_used(cell.experts)),
             "model": cell.student.model_name, "student": cell.student.identity(), "seed": int(seed),
             "protocol": cell.protocol,
         }
+        if cell.parts != ("test", "val"):  # fewer metrics: not the same stored result
+            cfg["eval_parts"] = list(cell.parts)
+        return cfg
 
     # ---- students -----------------------------------------------------------------------------------
     def evaluate(self, set: SetSpec, *, student: StudentRecipe, seeds: Sequence[int],
@@ -211,7 +220,7 @@ class Lab:
                     "codec": f"{cset.manifest['image_codec']}|{cset.manifest['label_codec']}"}
             for pos, seed, cfg in todo:
                 jobs.append(StudentJob(images=x, labels=cset.labels, recipe=cell.student, seed=seed,
-                                       protocol=cell.protocol, compile_model=compile_model,
+                                       protocol=cell.protocol, compile_model=compile_model, parts=cell.parts,
                                        tag={**meta, "pos": pos, "config": cfg}))
         if not jobs:
             return outs

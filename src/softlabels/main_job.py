@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .analysis.stats import mean_std
+from .analysis.stats import mean_std, paired_ci
 from .config import LabelSpec, describe_protocol
 from .experts import Trajectory
 from .lab import CellSpec, Lab
@@ -34,53 +34,84 @@ def sweep_image_seed(ipc: int) -> int:
 
 @dataclass(frozen=True, kw_only=True)
 class EpochChoice:
-    """Validation accuracy of one short student per candidate expert epoch (``sweep[ipc][epoch]``) and the
-    epoch chosen per IPC (the best; ties go to the earlier epoch)."""
+    """Validation accuracy of one short student per candidate expert epoch (``sweep[ipc][epoch]``), the epoch
+    chosen per IPC, and ``warnings`` a user must see (a chance-level expert, near-uniform labels)."""
 
     sweep: dict[int, dict[int, float]]
     chosen: dict[int, int]
     candidates: tuple[int, ...]
+    warnings: tuple[str, ...] = ()
 
 
-def sweep_candidates(preset: Preset, expert: Trajectory) -> list[int]:
-    """The preset's candidate epochs the expert has trained (its last epoch if none)."""
+def near_chance(acc: float, num_classes: int) -> bool:
+    """Within a tenth of the way from chance to perfect: an expert that has not learned yet."""
+    chance = 1.0 / num_classes
+    return not acc == acc or acc < chance + 0.1 * (1.0 - chance)
+
+
+def sweep_candidates(preset: Preset, expert: Trajectory) -> tuple[list[int], list[str]]:
+    """The preset's candidate epochs the expert has trained (its last if none), without checkpoints whose
+    validation (else test) accuracy is near chance: labels from an expert that has learned nothing are
+    uniform noise, and a tie between such candidates must not pick one. Returns (candidates, warnings)."""
     avail = expert.epochs_done
-    return sorted({e for e in preset.sweep_epochs if 0 < e <= avail} or {avail})
+    wanted = sorted({e for e in preset.sweep_epochs if 0 < e <= avail} or {avail})
+    classes = int(expert.manifest["num_classes"])
+    acc = {int(h["epoch"]): h.get("val_acc", h.get("test_acc")) for h in expert.history()}
+    learned = [e for e in wanted if not near_chance(float(acc.get(e, float("nan")) or float("nan")), classes)]
+    if learned:
+        dropped = sorted(set(wanted) - set(learned))
+        note = [f"expert epochs {dropped} were left out of the sweep: the expert was near chance there"] \
+            if dropped else []
+        return learned, note
+    last = float(acc.get(avail, float("nan")) or float("nan"))
+    return [avail], [
+        f"the expert is near chance at every candidate epoch (last: {100 * last:.1f}% validation "
+        f"accuracy, chance {100 / classes:.1f}%): its soft labels carry no knowledge; train it "
+        "longer (ExpertRecipe steps), with a higher learning rate, or check the data"
+    ]
 
 
 def choose_expert_epochs(lab: Lab, preset: Preset, expert: Trajectory, *,
                          ipcs: Sequence[int] | None = None) -> EpochChoice:
     """The one expert-epoch chooser: per IPC, one short student (``preset.sweep_student_for``) per candidate
-    epoch on random images (image seed :func:`SWEEP_IMAGE_SEED`), scored on validation accuracy.
+    epoch (:func:`sweep_candidates`) on random images (image seed :func:`sweep_image_seed`), scored on
+    validation accuracy; a tie goes to the candidate whose expert is more accurate on validation.
 
     Every caller (the main job, every study, ``budget --fill``) shares these runs through the store (study
     ``baseline-sweep``), so a study after ``softlabels run`` trains none of them again.
     """
     ipc_list = list(preset.ipcs if ipcs is None else ipcs)
-    candidates = sweep_candidates(preset, expert)
+    candidates, warnings = sweep_candidates(preset, expert)
     grid = [(ipc, e) for ipc in ipc_list for e in candidates]
-    results = lab.evaluate_many(
-        [  # one call: the students may train in parallel (see Lab.workers)
-            CellSpec(
-                set=SetSpec(
-                    ipc=ipc, label=LabelSpec(kind="soft", expert_epoch=e), image_seed=sweep_image_seed(ipc)
-                ),
-                student=preset.sweep_student_for(ipc),
-                seeds=(0,),
-                experts=(expert,),
-                study=SWEEP_STUDY,
-            )
-            for ipc, e in grid
-        ]
-    )
+    cells = [CellSpec(set=SetSpec(ipc=ipc, label=LabelSpec(kind="soft", expert_epoch=e),
+                                  image_seed=sweep_image_seed(ipc)),
+                      student=preset.sweep_student_for(ipc), seeds=(0,), experts=(expert,), study=SWEEP_STUDY,
+                      parts=("val",))
+             for ipc, e in grid]
+    results = lab.evaluate_many(cells)  # one call: the students may train in parallel (see Lab.workers)
     sweep: dict[int, dict[int, float]] = {ipc: {} for ipc in ipc_list}
     for (ipc, e), res in zip(grid, results, strict=True):
         v = res[0]["metrics"]["val_acc"]
         sweep[ipc][e] = float("nan") if v is None else float(v)
-    chosen = {
-        ipc: max(sweep[ipc], key=lambda e, ipc=ipc: (_finite_or_low(sweep[ipc][e]), -e)) for ipc in ipc_list
+    expert_val = {
+        int(h["epoch"]): float(h.get("val_acc") or h.get("test_acc") or 0.0) for h in expert.history()
     }
-    return EpochChoice(sweep=sweep, chosen=chosen, candidates=tuple(candidates))
+    chosen = {
+        ipc: max(sweep[ipc], key=lambda e, ipc=ipc: (_finite_or_low(sweep[ipc][e]), expert_val.get(e, 0.0)))
+        for ipc in ipc_list
+    }
+    classes = int(expert.manifest["num_classes"])
+    for ipc in ipc_list:
+        spec = SetSpec(ipc=ipc, label=LabelSpec(kind="soft", expert_epoch=chosen[ipc]),
+                       image_seed=sweep_image_seed(ipc))
+        confidence = float(lab.build_set(spec, experts=[expert]).labels.max(1).values.mean())
+        if confidence < 1.0 / classes + 0.1 * (1.0 - 1.0 / classes):
+            warnings.append(
+                f"IPC {ipc}: the chosen expert epoch {chosen[ipc]} gives near-uniform labels (mean "
+                f"max-probability {confidence:.3f}, uniform {1 / classes:.3f}); soft labels cannot "
+                "help: train the expert longer or lower the label temperature"
+            )
+    return EpochChoice(sweep=sweep, chosen=chosen, candidates=tuple(candidates), warnings=tuple(warnings))
 
 
 def _finite_or_low(v: float) -> float:
@@ -99,7 +130,10 @@ class BaselineRow:
     wall_s: float
     nbytes: int
     accs: list[float] = field(default_factory=list)
-    student_epochs: int = 0
+    student_steps: int = 0
+    gain: tuple[float, float, float] | None = (
+        None  # soft rows: soft - hard, mean and 95% CI over paired seeds
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -114,6 +148,7 @@ class BaselineResult:
     wall_s: float
     student: dict
     expert: dict
+    warnings: tuple[str, ...] = ()
     report: Path | None = None
     plot: Path | None = None
 
@@ -130,10 +165,10 @@ def run_baseline(lab: Lab, preset: Preset, *, protocol: str = "clean", seeds: Se
     seed_ids = tuple(preset.seeds if seeds is None else seeds)
     expert = lab.expert(preset.expert)
     if expert_epochs:
-        sweep, chosen = {}, dict(expert_epochs)
+        sweep, chosen, warnings = {}, dict(expert_epochs), ()
     else:
         choice = choose_expert_epochs(lab, preset, expert)
-        sweep, chosen = choice.sweep, choice.chosen
+        sweep, chosen, warnings = choice.sweep, choice.chosen, choice.warnings
     grid = [
         (ipc, label)
         for ipc in preset.ipcs
@@ -144,10 +179,15 @@ def run_baseline(lab: Lab, preset: Preset, *, protocol: str = "clean", seeds: Se
         CellSpec(set=SetSpec(ipc=ipc, label=label), student=recipes[ipc], seeds=seed_ids, experts=(expert,),
                  protocol=protocol, study="baseline") for ipc, label in grid])
     rows: list[BaselineRow] = []
+    hard_accs: dict[int, list[float]] = {}
     for (ipc, label), res in zip(grid, results, strict=True):
         accs = [r["metrics"]["paper_acc"] if protocol == "paper" else r["metrics"]["test_acc"] for r in res]
         mean, std = mean_std(accs)
         wall = sum(r["wall_s"] for r in res)  # the students' own times (several may have run at once)
+        if label.kind == "hard":
+            hard_accs[ipc] = accs
+        # the same images and student seeds with both labels: a paired comparison
+        gain = paired_ci(accs, hard_accs[ipc]) if label.kind == "soft" else None
         rows.append(
             BaselineRow(
                 ipc=ipc,
@@ -160,17 +200,26 @@ def run_baseline(lab: Lab, preset: Preset, *, protocol: str = "clean", seeds: Se
                 wall_s=wall,
                 nbytes=res[0]["nbytes"],
                 accs=accs,
-                student_epochs=recipes[ipc].epochs,
+                student_steps=recipes[ipc].total_steps(ipc * lab.prepared.num_classes),
+                gain=gain,
             )
         )
     result = BaselineResult(rows=rows, sweep=sweep, chosen=chosen, expert_history=expert.history(),
                             expert_key=expert.key, preset=preset.name, protocol=protocol,
                             wall_s=time.perf_counter() - t0, student=preset.student.to_dict(),
-                            expert=preset.expert.to_dict())
+                            expert=preset.expert.to_dict(), warnings=tuple(warnings))
     if not report:
         return result
     md, png = write_baseline_report(result, lab.out_dir, dataset=lab.data.name)
     return replace(result, report=md, plot=png)
+
+
+def gain_text(gain: tuple[float, float, float] | None) -> str:
+    """``+6.8 [+3.1, +10.5]`` points: soft minus hard, 95% CI over paired seeds (blank without pairs)."""
+    if gain is None:
+        return ""
+    m, lo, hi = (100 * v for v in gain)
+    return f"{m:+.1f} [{lo:+.1f}, {hi:+.1f}]" if lo == lo else f"{m:+.1f}"
 
 
 def write_baseline_report(result: BaselineResult, out_dir: Path, *, dataset: str) -> tuple[Path, Path]:
@@ -186,15 +235,18 @@ def write_baseline_report(result: BaselineResult, out_dir: Path, *, dataset: str
         f"Protocol: **{result.protocol}** — {describe_protocol(result.protocol)}.",
         f"Preset: `{result.preset}`; expert `{result.expert_key}`; total wall time {result.wall_s:.0f} s.",
         "",
-        "| IPC | labels | expert epoch | test acc % (mean ± std) | seeds | student epochs "
-        "| bytes (images+labels) "
-        "| wall s |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
+    if result.warnings:
+        lines += ["**Warnings.**", "", *(f"- {w}" for w in result.warnings), ""]
+    lines += ["| IPC | labels | expert epoch | test acc % (mean ± std) | soft − hard, points [95% CI, paired "
+              "seeds] | seeds | student steps | bytes (images+labels) | wall s |",
+              "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in result.rows:
         ep = "" if r.expert_epoch is None else str(r.expert_epoch)
-        lines.append(f"| {r.ipc} | {r.label} | {ep} | {100 * r.mean:.1f} ± {100 * r.std:.1f} | {r.seeds} | "
-                     f"{r.student_epochs} | {r.nbytes:,} | {r.wall_s:.0f} |")
+        lines.append(
+            f"| {r.ipc} | {r.label} | {ep} | {100 * r.mean:.1f} ± {100 * r.std:.1f} | {gain_text(r.gain)} | "
+            f"{r.seeds} | {r.student_steps} | {r.nbytes:,} | {r.wall_s:.0f} |"
+        )
     if result.sweep:
         epochs = next(iter(result.sweep.values()))
         lines += ["", "## Expert-epoch choice (validation accuracy %, one short student per epoch)", "",
@@ -203,11 +255,16 @@ def write_baseline_report(result: BaselineResult, out_dir: Path, *, dataset: str
         for ipc, accs in result.sweep.items():
             lines.append(f"| {ipc} | " + " | ".join(f"{100 * a:.1f}" for a in accs.values())
                          + f" | {result.chosen[ipc]} |")
-    lines += ["", "## Expert trajectory", "", "| epoch | val acc % | test acc % |", "|---:|---:|---:|"]
+    lines += [
+        "",
+        "## Expert trajectory",
+        "",
+        "| epoch | step | val acc % | test acc % |",
+        "|---:|---:|---:|---:|",
+    ]
     for h in result.expert_history:
-        lines.append(
-            f"| {h['epoch']} | {100 * h.get('val_acc', float('nan')):.1f} | {100 * h['test_acc']:.1f} |"
-        )
+        lines.append(f"| {h['epoch']} | {h.get('step', '')} | {100 * h.get('val_acc', float('nan')):.1f} | "
+                     f"{100 * h['test_acc']:.1f} |")
     lines += ["", "## Settings", "", f"- expert: `{result.expert}`", f"- student: `{result.student}`", "",
               "![accuracy vs IPC](baseline.png)", ""]
     md = atomic_write_text(out_dir / "report.md", "\n".join(lines))

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from .config import DataSpec, ExpertRecipe, StudentRecipe
-from .validation import check_positive_int
+from .validation import check_choice, check_positive_int
 
 __all__ = ["PRESETS", "Preset", "get_preset", "interpolate_epochs", "list_presets", "register_preset"]
 
@@ -35,14 +35,17 @@ def interpolate_epochs(anchors: Mapping[int, int], ipc: int) -> int | None:
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+LENGTH_UNITS = ("epochs", "steps")
+
+
 @dataclass(frozen=True, kw_only=True)
 class Preset:
     """A named bundle of settings for ``softlabels run`` and the studies.
 
-    ``seeds``: the student seeds of every reported cell. ``sweep_epochs``: the candidate expert epochs of
-    the validation sweep. ``student_epochs_by_ipc`` / ``sweep_epochs_by_ipc``: anchors of the two length
-    policies (see :func:`interpolate_epochs`); without anchors the student's own epochs (capped at
-    ``sweep_student_epochs`` for the sweep).
+    ``seeds``: the student seeds of every reported cell. ``sweep_epochs``: the candidate expert epochs
+    (checkpoint indices) of the validation sweep. Student lengths, in ``length_unit`` ("epochs" or
+    "steps"): ``student_length_by_ipc`` anchors (see :func:`interpolate_epochs`), else the student recipe's
+    own; the sweep's students: ``sweep_length_by_ipc`` anchors, else ``sweep_length``, at most the student's.
     """
 
     name: str
@@ -52,9 +55,10 @@ class Preset:
     ipcs: tuple[int, ...] = (1, 10, 50)
     seeds: tuple[int, ...] = (0, 1, 2)
     sweep_epochs: tuple[int, ...] = ()
-    sweep_student_epochs: int | None = None
-    student_epochs_by_ipc: dict[int, int] = field(default_factory=dict)
-    sweep_epochs_by_ipc: dict[int, int] = field(default_factory=dict)
+    length_unit: str = "epochs"
+    student_length_by_ipc: dict[int, int] = field(default_factory=dict)
+    sweep_length_by_ipc: dict[int, int] = field(default_factory=dict)
+    sweep_length: int | None = None
     description: str = ""
 
     def __post_init__(self) -> None:
@@ -71,17 +75,27 @@ class Preset:
             check_positive_int("seed", s, minimum=0)
         for i in self.ipcs:
             check_positive_int("ipc", i)
+        check_choice("length_unit", self.length_unit, LENGTH_UNITS)
+        if self.sweep_length is not None:
+            check_positive_int("sweep_length", self.sweep_length)
+
+    def _with_length(self, recipe: StudentRecipe, length: int) -> StudentRecipe:
+        return recipe.replace(steps=length) if self.length_unit == "steps" else recipe.replace(epochs=length,
+                                                                                               steps=None)
+
+    def _length(self, recipe: StudentRecipe) -> int:
+        return recipe.steps if self.length_unit == "steps" and recipe.steps is not None else recipe.epochs
 
     def student_for(self, ipc: int) -> StudentRecipe:
         """The student recipe at ``ipc``: the one length policy of the main job and the studies."""
-        e = interpolate_epochs(self.student_epochs_by_ipc, ipc)
-        return self.student if e is None else self.student.replace(epochs=e)
+        e = interpolate_epochs(self.student_length_by_ipc, ipc)
+        return self.student if e is None else self._with_length(self.student, e)
 
     def sweep_student_for(self, ipc: int) -> StudentRecipe:
         """The (shorter) student used to choose the expert epoch on validation."""
         r = self.student_for(ipc)
-        e = interpolate_epochs(self.sweep_epochs_by_ipc, ipc) or self.sweep_student_epochs
-        return r if e is None else r.replace(epochs=min(r.epochs, e))
+        e = interpolate_epochs(self.sweep_length_by_ipc, ipc) or self.sweep_length
+        return r if e is None else self._with_length(r, min(self._length(r), e))
 
     def replace(self, **changes) -> Preset:
         return replace(self, **changes)
@@ -118,9 +132,9 @@ register_preset(Preset(
     ipcs=(1, 10, 50),
     seeds=(0, 1, 2),
     sweep_epochs=(1, 3, 10),
-    sweep_student_epochs=150,
-    student_epochs_by_ipc={1: 300, 10: 150, 50: 50},
-    sweep_epochs_by_ipc={1: 150, 10: 100, 50: 25},
+    sweep_length=150,
+    student_length_by_ipc={1: 300, 10: 150, 50: 50},
+    sweep_length_by_ipc={1: 150, 10: 100, 50: 25},
     description="CPU: width-32 ConvNet-3; a 10-epoch expert (10k images per epoch, SGD momentum 0.9, bf16 "
                 "where native); short students (300/150/50 epochs at IPC 1/10/50)",
 ))
@@ -133,7 +147,7 @@ register_preset(Preset(
     ipcs=(1, 10, 50),
     seeds=(0, 1, 2, 3, 4),
     sweep_epochs=(1, 2, 3, 5, 8, 13, 20, 30, 50),
-    sweep_student_epochs=1000,
+    sweep_length=1000,
     description="The paper's settings (width 128, 3000 student epochs, 5 seeds): for GPUs",
 ))
 
@@ -145,6 +159,6 @@ register_preset(Preset(
     ipcs=(1, 5),
     seeds=(0, 1),
     sweep_epochs=(1, 3),
-    sweep_student_epochs=20,
+    sweep_length=20,
     description="Seconds-long end-to-end check of the whole pipeline",
 ))

@@ -65,7 +65,7 @@ def check_images(images: object, *, name: str = "images") -> torch.Tensor:
         raise ValueError(f"{name} is empty: need at least one image")
     if images.shape[1] not in (1, 3, 4):
         raise ValueError(
-            f"{name} has {images.shape[1]} channels (shape {tuple(images.shape)}); expected 1 or 3 "
+            f"{name} has {images.shape[1]} channels (shape {tuple(images.shape)}); expected 1, 3 or 4 "
             "channels first: (N, C, H, W). Transpose (N, H, W, C) arrays with .permute(0, 3, 1, 2)."
         )
     if images.dtype.is_floating_point:

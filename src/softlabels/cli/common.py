@@ -43,12 +43,33 @@ def add_common(p: argparse.ArgumentParser, *, preset: bool = True) -> None:
                         "one; needs pip install 'softlabels[ray]')")
 
 
+def check_out(out: str | Path) -> Path:
+    """The output folder must be a folder (or creatable as one) and writable: checked before any work."""
+    import os
+
+    path = Path(out)
+    probe = path
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise NotADirectoryError(f"--out {out}: {probe} is a file, not a folder; choose another --out")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise PermissionError(f"--out {out}: {probe} is not writable; choose another --out")
+    store = path / "results.sqlite"
+    if store.exists() and store.is_dir():
+        raise IsADirectoryError(
+            f"{store} is a folder, not a results store; move it away or choose another --out"
+        )
+    return path
+
+
 def make_lab(args, preset):
-    """The lab the common options describe, on the preset's data (``--dataset`` overrides its name)."""
+    """The lab the common options describe, on the preset's data (``--dataset`` overrides its name); the
+    output folder and the device are checked first."""
     from ..lab import Lab
 
     data = preset.data if args.dataset is None else preset.data.replace(name=args.dataset)
-    return Lab(Path(args.out), data=data, device=args.device, root=args.root, progress=not args.quiet,
+    return Lab(check_out(args.out), data=data, device=args.device, root=args.root, progress=not args.quiet,
                workers=args.workers)
 
 

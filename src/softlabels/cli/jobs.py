@@ -27,7 +27,10 @@ def register(sub) -> None:
     add_common(et)
     et.add_argument("--model", default=None)
     et.add_argument("--width", type=positive_int, default=None)
-    et.add_argument("--epochs", type=positive_int, default=None)
+    et.add_argument(
+        "--epochs", type=positive_int, default=None, help="passes over the pool (without --steps)"
+    )
+    et.add_argument("--steps", type=positive_int, default=None, help="optimizer steps in all")
     et.add_argument("--lr", type=float, default=None)
     et.add_argument("--seed", type=int, default=None)
     et.add_argument(
@@ -76,7 +79,7 @@ def _run_preset(args):
     preset = get_preset(args.preset)
     if args.student_epochs:
         preset = preset.replace(
-            student_epochs_by_ipc={}, student=preset.student.replace(epochs=args.student_epochs)
+            student_length_by_ipc={}, student=preset.student.replace(epochs=args.student_epochs, steps=None)
         )
     if args.ipc:
         if len(set(args.ipc)) != len(args.ipc):
@@ -110,13 +113,36 @@ def cmd_run(args) -> int:
 def _print_baseline(con, result) -> None:
     from rich.table import Table
 
+    from ..main_job import gain_text
+
     t = Table(title=f"soft vs hard labels ({result.protocol} protocol: final-epoch test accuracy)")
-    for col in ("IPC", "labels", "expert epoch", "test acc %", "seeds", "bytes", "wall s"):
+    for col in (
+        "IPC",
+        "labels",
+        "expert epoch",
+        "test acc %",
+        "soft - hard [95% CI]",
+        "seeds",
+        "steps",
+        "bytes",
+        "wall s",
+    ):
         t.add_column(col, justify="right")
     for r in result.rows:
-        t.add_row(str(r.ipc), r.label, "" if r.expert_epoch is None else str(r.expert_epoch),
-                  f"{100 * r.mean:.1f} ± {100 * r.std:.1f}", str(r.seeds), f"{r.nbytes:,}", f"{r.wall_s:.0f}")
+        t.add_row(
+            str(r.ipc),
+            r.label,
+            "" if r.expert_epoch is None else str(r.expert_epoch),
+            f"{100 * r.mean:.1f} ± {100 * r.std:.1f}",
+            gain_text(r.gain),
+            str(r.seeds),
+            str(r.student_steps),
+            f"{r.nbytes:,}",
+            f"{r.wall_s:.0f}",
+        )
     con.print(t)
+    for w in result.warnings:
+        con.print(f"[bold red]warning:[/] {w}")
     con.print(f"total wall time: {result.wall_s:.0f} s")
 
 
@@ -124,26 +150,30 @@ def cmd_expert_train(args) -> int:
     from ..presets import get_preset
 
     preset = get_preset(args.preset)
-    changes = {
-        k: v
-        for k, v in {
-            "model": args.model,
-            "width": args.width,
-            "epochs": args.epochs,
-            "lr": args.lr,
-            "seed": args.seed,
-            "train_images": args.train_images,
-        }.items()
-        if v is not None
+    given = {
+        "model": args.model,
+        "width": args.width,
+        "epochs": args.epochs,
+        "lr": args.lr,
+        "seed": args.seed,
+        "train_images": args.train_images,
     }
+    changes = {k: v for k, v in given.items() if v is not None}
+    if args.steps is not None:  # a new budget: the preset's checkpoints beyond it are dropped
+        changes.update(
+            steps=args.steps, checkpoints=tuple(c for c in preset.expert.checkpoints if c < args.steps)
+        )
     recipe = preset.expert.replace(**changes)
     lab = make_lab(args, preset)
     traj = lab.expert(recipe)
     con = console()
-    con.print(f"expert {traj.key}: {traj.epochs_done}/{recipe.epochs} epochs at {traj.path}")
+    con.print(f"expert {traj.key}: {traj.steps_done}/{traj.manifest['total_steps']} steps, "
+              f"{traj.epochs_done} checkpoints, at {traj.path}")
     for h in traj.history():
-        con.print(f"  epoch {h['epoch']:3d}  val {100 * h.get('val_acc', float('nan')):5.1f}%  "
-                  f"test {100 * h['test_acc']:5.1f}%")
+        val = 100 * h.get("val_acc", float("nan"))
+        con.print(
+            f"  epoch {h['epoch']:3d}  step {h['step']:6d}  val {val:5.1f}%  test {100 * h['test_acc']:5.1f}%"
+        )
     return 0
 
 

@@ -217,7 +217,7 @@ def _load_idx_dataset(name: str, *, root: str | os.PathLike | None, subdirs: Seq
 def load_fashion_mnist(*, root: str | os.PathLike | None = None, download: bool = False) -> ImageDataset:
     """Fashion-MNIST from ``root`` or the default folders; ``download=True`` fetches it to the user cache."""
     how = ("`apt-get install dataset-fashion-mnist`, or put the files in $SOFTLABELS_DATA/fashion-mnist/, "
-           "or pass download=True (CLI: --download) to fetch them into "
+           "or call softlabels.load_dataset('fashion-mnist', download=True) once to fetch them into "
            f"{user_cache_dir('fashion-mnist')}")
     return _load_idx_dataset("fashion-mnist", root=root, subdirs=("fashion-mnist", "FashionMNIST/raw"),
                              classes=FASHION_MNIST_CLASSES, mean=(0.2860,), std=(0.3530,), how_to_get=how,

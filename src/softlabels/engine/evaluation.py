@@ -42,18 +42,19 @@ class EvalSets:
         return EvalSets(*(None if t is None else t.to(device) for t in (self.test_x, self.test_y, self.val_x,
                                                                           self.val_y)))
 
-    def stem_stats(
-        self, model: nn.Module, part: str, *, batch_size: int = 1024
-    ) -> tuple[torch.Tensor, ...] | None:
-        """``model.stem_stats`` of the ``part`` ("test" or "val") images, computed once per stem padding."""
+    def stem_stats(self, model: nn.Module, part: str, *, batch_size: int = 1024,
+                   flip: bool = False) -> tuple[torch.Tensor, ...] | None:
+        """``model.stem_stats`` of the ``part`` ("test" or "val") images (mirrored with ``flip``), computed
+        once per stem padding."""
         if not getattr(model, "fused_stem", False):
             return None
         x = self.test_x if part == "test" else self.val_x
         # an in-place change of the images bumps their version and so recomputes
-        key = (part, tuple(model.features[0].padding), None if x.is_inference() else x._version)
+        key = (part, flip, tuple(model.features[0].padding), None if x.is_inference() else x._version)
         if key not in self._stats:
             with torch.inference_mode():
-                parts = [model.stem_stats(x[i:i + batch_size]) for i in range(0, x.shape[0], batch_size)]
+                chunks = (x[i:i + batch_size] for i in range(0, x.shape[0], batch_size))
+                parts = [model.stem_stats(c.flip(3) if flip else c) for c in chunks]
                 self._stats[key] = tuple(torch.cat(p) for p in zip(*parts, strict=True))
         return self._stats[key]
 
@@ -66,26 +67,34 @@ class EvalSets:
 @torch.inference_mode()
 def predict(model: nn.Module, x: torch.Tensor, *, batch_size: int = 2048,
             amp_dtype: torch.dtype | None = None, fixed_shape: bool = False,
-            stats: tuple[torch.Tensor, ...] | None = None) -> torch.Tensor:
-    """Argmax predictions in large batches (no augmentation).
+            stats: tuple[torch.Tensor, ...] | None = None, flip: bool = False,
+            flip_stats: tuple[torch.Tensor, ...] | None = None) -> torch.Tensor:
+    """Argmax predictions in large batches (no augmentation; ``flip`` adds the logits of the mirrored image).
 
     ``fixed_shape`` pads the last chunk to ``batch_size`` so a compiled model sees one input shape.
-    ``stats``: the model's ``stem_stats(x)``, computed beforehand (see :meth:`EvalSets.stem_stats`).
+    ``stats`` / ``flip_stats``: the model's ``stem_stats`` of ``x`` / of its mirror, computed beforehand
+    (see :meth:`EvalSets.stem_stats`).
     """
     was_training = model.training
     model.eval()
     out = []
     dev = x.device
-    for i in range(0, x.shape[0], batch_size):
-        xb = x[i:i + batch_size]
-        n = xb.shape[0]
-        sb = None if stats is None else tuple(s[i:i + batch_size] for s in stats)
+
+    def logits_of_chunk(xb, st, i, n):
+        sb = None if st is None else tuple(s[i:i + batch_size] for s in st)
         if fixed_shape:  # padded or not, an inference tensor: a compiled graph guards on the tensor kind
             xb = _pad_rows(xb, batch_size)
             sb = None if sb is None else tuple(_pad_rows(s, batch_size) for s in sb)
         with autocast_ctx(dev, amp_dtype):
-            logits = model(xb) if sb is None else model(xb, sb)
-        out.append(logits[:n].argmax(1))
+            return (model(xb) if sb is None else model(xb, sb))[:n].float()
+
+    for i in range(0, x.shape[0], batch_size):
+        xb = x[i:i + batch_size]
+        n = xb.shape[0]
+        logits = logits_of_chunk(xb, stats, i, n)
+        if flip:
+            logits = logits + logits_of_chunk(xb.flip(3), flip_stats, i, n)
+        out.append(logits.argmax(1))
     model.train(was_training)
     return torch.cat(out)
 
@@ -116,9 +125,10 @@ def per_class_accuracy(pred: torch.Tensor, y: torch.Tensor, num_classes: int) ->
 
 
 def evaluator(model: nn.Module, *, compile_setting: str, key: tuple, device: torch.device, evals: EvalSets,
-              engine: Engine) -> Callable[..., torch.Tensor]:
+              engine: Engine, flip: bool = False) -> Callable[..., torch.Tensor]:
     """``run(part, amp_dtype=...)`` -> predictions on the test or validation images: compiled inference
-    (one fixed batch shape, the last chunk padded) for large sets unless compiling is off."""
+    (one fixed batch shape, the last chunk padded) for large sets unless compiling is off; ``flip`` averages
+    each image's logits with its mirror's."""
     if device.type == "cpu":
         tune_allocator()
     big = evals.test_x.shape[0] >= COMPILED_EVAL_MIN_IMAGES
@@ -129,13 +139,8 @@ def evaluator(model: nn.Module, *, compile_setting: str, key: tuple, device: tor
 
     def run(part: str, *, amp_dtype: torch.dtype | None) -> torch.Tensor:
         x = evals.test_x if part == "test" else evals.val_x
-        return predict(
-            target,
-            x,
-            batch_size=1024 if compiled else 2048,
-            amp_dtype=amp_dtype,
-            fixed_shape=compiled,
-            stats=evals.stem_stats(model, part),
-        )
+        return predict(target, x, batch_size=1024 if compiled else 2048, amp_dtype=amp_dtype,
+                       fixed_shape=compiled, stats=evals.stem_stats(model, part), flip=flip,
+                       flip_stats=evals.stem_stats(model, part, flip=True) if flip else None)
 
     return run

@@ -55,7 +55,7 @@ class StudentJob:
     seed: int
     protocol: str = "clean"
     compile_model: bool = False
-    evaluate: bool = True
+    parts: tuple[str, ...] = ("test", "val")  # evaluation parts; () trains only
     return_state: bool = False
     tag: Any = None
 
@@ -149,7 +149,8 @@ def _train(job: StudentJob, evals: EvalSets | None, device, on_epoch, engine: En
         job.labels,
         job.recipe,
         seed=job.seed,
-        evals=evals if job.evaluate else None,
+        evals=evals,
+        parts=job.parts,
         protocol=job.protocol,
         device=device,
         compile_model=job.compile_model,

@@ -7,6 +7,7 @@ batched; there is no DataLoader and no per-sample Python. Every source of random
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -31,7 +32,8 @@ from .runtime import (
     tune_allocator,
 )
 
-__all__ = ["StudentResult", "make_optimizer", "soft_cross_entropy", "train_student", "train_students"]
+__all__ = ["StudentResult", "lr_at", "make_optimizer", "soft_cross_entropy", "train_student",
+           "train_students"]
 
 ProgressFn = Callable[[int], None]
 
@@ -87,7 +89,8 @@ def make_optimizer(recipe: StudentRecipe, params: list[nn.Parameter]) -> torch.o
     checkpoints stay what they were)."""
     wd = recipe.resolved_weight_decay
     if recipe.optimizer == "sgd":
-        cls, kw = torch.optim.SGD, {"lr": recipe.lr, "momentum": recipe.momentum, "weight_decay": wd}
+        cls, kw = torch.optim.SGD, {"lr": recipe.lr, "momentum": recipe.momentum, "weight_decay": wd,
+                                    "nesterov": recipe.nesterov}
     else:
         cls, kw = torch.optim.AdamW, {"lr": recipe.lr, "weight_decay": wd}
     if all(p.device.type in ("cpu", "cuda") and p.dtype == torch.float32 for p in params):
@@ -98,21 +101,56 @@ def make_optimizer(recipe: StudentRecipe, params: list[nn.Parameter]) -> torch.o
     return cls(params, **kw)
 
 
-def _lr_at(recipe: StudentRecipe, epoch: int) -> float:
-    """SGD: StepLR(epochs // 4, 0.3) as in the reference code; AdamW: cosine over the epochs."""
-    if recipe.optimizer == "sgd":
-        return recipe.lr * (0.3 ** (epoch // max(1, recipe.epochs // 4)))
-    return recipe.lr * 0.5 * (1 + math.cos(math.pi * epoch / recipe.epochs))
+def lr_at(recipe: StudentRecipe, *, step: int, epoch: int, total_steps: int, total_epochs: int) -> float:
+    """The learning rate of optimizer step ``step`` (0-based) in epoch ``epoch``.
+
+    "auto" is the reference code's per-epoch schedule (SGD: StepLR(epochs // 4, 0.3); AdamW: cosine over
+    the epochs); "cosine" and "linear" decay per step to zero after a linear warm-up from zero.
+    """
+    if recipe.schedule == "auto":
+        if recipe.optimizer == "sgd":
+            return recipe.lr * (0.3 ** (epoch // max(1, total_epochs // 4)))
+        return recipe.lr * 0.5 * (1 + math.cos(math.pi * epoch / total_epochs))
+    warm = round(recipe.warmup * total_steps)
+    if step < warm:
+        return recipe.lr * (step + 1) / warm
+    t = (step - warm) / max(1, total_steps - warm)
+    if recipe.schedule == "cosine":
+        return recipe.lr * 0.5 * (1 + math.cos(math.pi * t))
+    return recipe.lr * (1 - t)
+
+
+class _WeightAverage:
+    """An exponential moving average of a model's parameters, updated after each step; the decay ramps up
+    as ``min(decay, (1 + t) / (10 + t))`` so short runs are not dominated by the initial weights."""
+
+    def __init__(self, params: list[torch.Tensor], decay: float) -> None:
+        self.decay, self.t = decay, 0
+        self.params = params
+        self.avg = [p.detach().clone() for p in params]
+
+    @torch.no_grad()
+    def update(self) -> None:
+        self.t += 1
+        d = min(self.decay, (1 + self.t) / (10 + self.t))
+        torch._foreach_lerp_(self.avg, [p.detach() for p in self.params], 1.0 - d)
+
+    @torch.no_grad()
+    def copy_to(self, model: nn.Module) -> None:
+        for p, a in zip(model.parameters(), self.avg, strict=True):
+            p.copy_(a)
 
 
 def train_student(images: torch.Tensor, labels: torch.Tensor, recipe: StudentRecipe, *, seed: int,
                   evals: EvalSets | None = None, protocol: str = "clean", device: str | torch.device = "cpu",
                   compile_model: bool = False, on_epoch: ProgressFn | None = None,
-                  return_state: bool = False, engine: Engine | None = None) -> StudentResult:
+                  return_state: bool = False, engine: Engine | None = None,
+                  parts: tuple[str, ...] = ("test", "val")) -> StudentResult:
     """Train one student from scratch on model-ready ``images`` (N, C, H, W) and ``labels`` (N, K).
 
     ``labels`` are probability targets (one-hot rows for hard labels). Returns final / checkpoint
-    accuracies per the protocol (and the trained weights as ``state`` with ``return_state``). ``engine``
+    accuracies per the protocol on the evaluation ``parts`` ("test", "val"; a sweep that chooses on
+    validation needs only "val"), and the trained weights as ``state`` with ``return_state``. ``engine``
     holds compiled graphs for reuse across students (a private one is used without it).
     """
     check_choice("protocol", protocol, PROTOCOLS)
@@ -125,24 +163,33 @@ def train_student(images: torch.Tensor, labels: torch.Tensor, recipe: StudentRec
     labels = check_labels(labels.to(dev).float(), n=images.shape[0], atol=float(labels.shape[1]))
     n, c, h, w = images.shape
     k = labels.shape[1]
+    if recipe.label_smoothing:
+        labels = (1 - recipe.label_smoothing) * labels + recipe.label_smoothing / k
     t0 = time.perf_counter()
     fresh = init_model(recipe.model, recipe.width, seed=seed, in_channels=c, num_classes=k,
                        image_size=(h, w), device=dev)
     shape_key = (recipe.model, recipe.width, c, k, h, w, str(dev))
     model = engine.training_model(shape_key, fresh) if compile_model else fresh
-    opt = make_optimizer(recipe, list(model.parameters()))  # a compiled module's are its cached copy's
+    params = list(model.parameters())  # a compiled module's are its cached copy's
+    opt = make_optimizer(recipe, params)
+    average = _WeightAverage(params, recipe.ema) if recipe.ema else None
     amp = resolve_precision(recipe.precision, dev)
     gen = torch.Generator(device=dev).manual_seed(int(seed) * 1_000_003 + 17)
     bs = min(recipe.batch_size, n)
+    total_steps, total_epochs = recipe.total_steps(n), recipe.total_epochs(n)
     curve: list[tuple[int, float]] = []
     # the trained module itself: inference through the compiled *training* graph would recompile it
     plain = getattr(model, "_orig_mod", model)
     model.train()
-    for epoch in range(recipe.epochs):
-        for g in opt.param_groups:
-            g["lr"] = _lr_at(recipe, epoch)
+    step = 0
+    for epoch in range(total_epochs):
         perm = torch.randperm(n, generator=gen, device=dev) if n > bs else None
         for start in range(0, n, bs):
+            if step >= total_steps:
+                break
+            lr = lr_at(recipe, step=step, epoch=epoch, total_steps=total_steps, total_epochs=total_epochs)
+            for g in opt.param_groups:
+                g["lr"] = lr
             idx = perm[start:start + bs] if perm is not None else None
             xb = images if idx is None else images[idx]
             yb = labels if idx is None else labels[idx]
@@ -156,35 +203,49 @@ def train_student(images: torch.Tensor, labels: torch.Tensor, recipe: StudentRec
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if average is not None:
+                average.update()
+            step += 1
         if on_epoch is not None:
             on_epoch(1)
         done = epoch + 1
-        if (
-            evals is not None
-            and protocol == "paper"
-            and done % recipe.eval_every == 0
-            and done < recipe.epochs
-        ):
-            pred = predict(plain, evals.test_x, amp_dtype=amp, stats=evals.stem_stats(plain, "test"))
-            curve.append((done, accuracy(pred, evals.test_y)))
+        checkpoint = protocol == "paper" and done % recipe.eval_every == 0 and done < total_epochs
+        if evals is not None and checkpoint:
+            curve.append((done, accuracy(_predict_plain(plain, evals, average, amp, recipe), evals.test_y)))
+    if average is not None:
+        average.copy_to(plain)  # everything below judges the averaged weights
     train_s = time.perf_counter() - t0
     train_acc = accuracy(predict(plain, images, amp_dtype=amp), labels.argmax(1))
     state = {k: v.detach().clone() for k, v in plain.state_dict().items()} if return_state else None
-    common = dict(seed=int(seed), train_acc=train_acc, epochs=recipe.epochs, train_s=train_s,
+    common = dict(seed=int(seed), train_acc=train_acc, epochs=total_epochs, train_s=train_s,
                   threads=torch.get_num_threads(), state=state)
-    if evals is None:
+    if evals is None or not parts:
         return StudentResult(test_acc=float("nan"), curve=curve, wall_s=time.perf_counter() - t0, **common)
-    run = evaluator(
-        plain, compile_setting=recipe.compile, key=shape_key, device=dev, evals=evals, engine=engine
-    )
-    test_pred = run("test", amp_dtype=amp)
-    test_acc = accuracy(test_pred, evals.test_y)
-    curve.append((recipe.epochs, test_acc))
-    val_acc = accuracy(run("val", amp_dtype=amp), evals.val_y) if evals.val_x is not None else None
+    run = evaluator(plain, compile_setting=recipe.compile, key=shape_key, device=dev, evals=evals,
+                    engine=engine, flip=recipe.tta == "flip")
+    test_acc, per_class = float("nan"), []
+    if "test" in parts:
+        test_pred = run("test", amp_dtype=amp)
+        test_acc = accuracy(test_pred, evals.test_y)
+        per_class = per_class_accuracy(test_pred, evals.test_y, k)
+        curve.append((total_epochs, test_acc))
+    val_acc = accuracy(run("val", amp_dtype=amp), evals.val_y) if "val" in parts and evals.val_x is not None \
+        else None
     return StudentResult(test_acc=test_acc, val_acc=val_acc,
-                         paper_acc=max(a for _, a in curve) if protocol == "paper" else None,
-                         per_class=per_class_accuracy(test_pred, evals.test_y, k), curve=curve,
-                         wall_s=time.perf_counter() - t0, **common)
+                         paper_acc=max(a for _, a in curve) if protocol == "paper" and curve else None,
+                         per_class=per_class, curve=curve, wall_s=time.perf_counter() - t0, **common)
+
+
+def _predict_plain(plain: nn.Module, evals: EvalSets, average: _WeightAverage | None, amp,
+                   recipe: StudentRecipe) -> torch.Tensor:
+    """Test predictions mid-training (the paper protocol's checkpoints), with the averaged weights if any."""
+    if average is None:
+        return predict(plain, evals.test_x, amp_dtype=amp, stats=evals.stem_stats(plain, "test"),
+                       flip=recipe.tta == "flip", flip_stats=evals.stem_stats(plain, "test", flip=True))
+    judged = copy.deepcopy(plain)
+    average.copy_to(judged)
+    return predict(judged, evals.test_x, amp_dtype=amp, stats=evals.stem_stats(judged, "test"),
+                   flip=recipe.tta == "flip", flip_stats=evals.stem_stats(judged, "test", flip=True))
 
 
 def train_students(images: torch.Tensor, labels: torch.Tensor, recipe: StudentRecipe, *, seeds: Sequence[int],

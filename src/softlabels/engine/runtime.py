@@ -11,7 +11,6 @@ import contextlib
 import copy
 import ctypes
 import ctypes.util
-import math
 import os
 import shutil
 import sys
@@ -141,7 +140,7 @@ def compile_available(device_type: str) -> bool:
 # --- compile policy -----------------------------------------------------------------------------------------
 def planned_steps(recipe: StudentRecipe, n_images: int, n_students: int) -> int:
     """Optimizer steps of ``n_students`` students on ``n_images`` images: what ``resolve_compile`` weighs."""
-    return recipe.epochs * max(1, math.ceil(n_images / recipe.batch_size)) * n_students
+    return recipe.total_steps(n_images) * n_students
 
 
 def resolve_compile(setting: str, device: torch.device, *, total_steps: int) -> bool:

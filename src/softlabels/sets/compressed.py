@@ -121,7 +121,12 @@ class CompressedSet:
         if "manifest" not in meta or "aux.targets" not in tensors:
             raise CorruptFileError(f"{path} is not a softlabels compressed set (no manifest/targets); "
                                    "for images + labels made elsewhere use CompressedSet.from_file")
-        man = json.loads(meta["manifest"])
+        try:
+            man = json.loads(meta["manifest"])
+        except json.JSONDecodeError as e:
+            raise CorruptFileError(
+                f"{path}: its manifest is not valid JSON ({e}); the file is corrupt"
+            ) from None
         try:
             ienc = encoded_from_safetensors_dict(tensors, meta, "images")
             lenc = encoded_from_safetensors_dict(tensors, meta, "labels")
@@ -153,12 +158,26 @@ class CompressedSet:
             images = (images * 255).round().clamp(0, 255).to(torch.uint8)
         if labels is None and targets is None:
             raise ValueError("give labels (N, K soft labels) or targets (N,) class indices")
+        if (mean is None) != (std is None):
+            raise ValueError("give both mean= and std= (the normalisation of the images), or neither")
         if labels is None:
             k = num_classes or int(targets.max()) + 1
             check_targets(targets, num_classes=k, n=images.shape[0])
             labels = torch.nn.functional.one_hot(targets.long(), k).float()
             manifest.setdefault("label_codec", "hard")
         labels = check_labels(labels.float(), n=images.shape[0], num_classes=num_classes)
+        sums = labels.sum(1)
+        if (sums == 0).any():
+            raise ValueError(
+                f"label row {int((sums == 0).nonzero()[0])} is all zero: a student learns nothing "
+                "from that image; drop it or give it a label"
+            )
+        if not torch.allclose(sums, torch.ones_like(sums), atol=1e-3):
+            bad = int((sums - 1).abs().argmax())
+            raise ValueError(
+                f"label rows must sum to 1 (row {bad} sums to {float(sums[bad]):.4f}); renormalise "
+                "them with labels / labels.sum(1, keepdim=True)"
+            )
         if targets is None:
             targets = labels.argmax(1)
         man = {"source": "user", **manifest}
@@ -167,9 +186,9 @@ class CompressedSet:
         return cls(images, labels, targets.long(), man)
 
     @classmethod
-    def from_file(cls, path: str | Path, **manifest) -> CompressedSet:
+    def from_file(cls, path: str | Path, *, num_classes: int | None = None, **manifest) -> CompressedSet:
         """Load a user's set: .npz (no pickle) or .safetensors with ``images`` and ``labels`` and/or
-        ``targets``; or a softlabels compressed set."""
+        ``targets`` (``num_classes``: how many classes targets index); or a softlabels compressed set."""
         import numpy as np
 
         path = Path(path)
@@ -180,11 +199,21 @@ class CompressedSet:
             if "manifest" in meta:
                 return cls.load(path)
         elif path.suffix == ".npz":
+            with open(path, "rb") as f:
+                head = f.read(4)
+            if head != b"PK\x03\x04":  # an .npz is a zip archive
+                raise CorruptFileError(f"{path} is not an .npz archive (write one with numpy.savez(path, "
+                                       "images=..., labels=...))")
             try:
                 with np.load(path, allow_pickle=False) as z:
                     tensors = {k: torch.from_numpy(np.ascontiguousarray(z[k])) for k in z.files}
+            except ValueError as e:
+                raise ValueError(f"{path} holds object arrays, which would need pickle; store plain numeric "
+                                 f"arrays ({e})") from None
             except Exception as e:
-                raise CorruptFileError(f"{path}: cannot read npz without pickle ({e})") from None
+                raise CorruptFileError(
+                    f"{path}: cannot read the .npz archive ({e}); it may be truncated"
+                ) from None
         else:
             raise ValueError(f"{path}: unsupported suffix {path.suffix!r}; use .npz or .safetensors")
         if "images" not in tensors:
@@ -196,7 +225,8 @@ class CompressedSet:
             images = images.permute(0, 3, 1, 2).contiguous()
         labels = tensors.get("labels")
         return cls.from_arrays(images, labels.float() if labels is not None else None,
-                               targets=tensors.get("targets"), source_file=str(path), **manifest)
+                               targets=tensors.get("targets"), num_classes=num_classes, source_file=str(path),
+                               **manifest)
 
 
 def _measured(payload: dict[str, torch.Tensor], targets: torch.Tensor) -> dict[str, int]:

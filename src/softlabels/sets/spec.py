@@ -178,6 +178,16 @@ class SetSpec:
             origin = {"source_indices": list(range(len(given))), "source_manifest": given.manifest}
         fn, transform = parse_transform(self.label.transform)
         labels = fn(labels, targets, generator=torch.Generator().manual_seed(self.image_seed + 99991))
+        empty = int((labels.sum(1) == 0).sum())
+        if empty:  # e.g. class removal on an image whose whole mass was on the removed class
+            import warnings
+
+            warnings.warn(
+                f"{empty} of {len(labels)} label rows are all zero after {transform}: students learn "
+                "nothing from those images",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         manifest = {
             "dataset": ds.name,
             "dataset_fingerprint": ds.fingerprint(),

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..analysis.stats import mean_std
-from ..config import LabelSpec, StudentRecipe
+from ..config import ExpertRecipe, LabelSpec, StudentRecipe
 from ..io import atomic_write_text, write_json
 from ..lab import CellSpec, Lab
 from ..presets import Preset, get_preset
@@ -245,13 +245,19 @@ def student_recipe(preset: Preset, ipc: int, *, student_epochs: int | None = Non
     """The student at ``ipc``: the preset's length policy (the main job's), or ``student_epochs``."""
     recipe = preset.student_for(ipc)
     if student_epochs is not None:
-        recipe = recipe.replace(epochs=check_positive_int("student_epochs", student_epochs))
+        recipe = recipe.replace(epochs=check_positive_int("student_epochs", student_epochs), steps=None)
     return recipe
 
 
-def given_epochs(expert_epoch: int | dict, ipcs: Sequence[int], expert: Trajectory) -> dict[int, int]:
+def planned_epochs(lab: Lab, recipe: ExpertRecipe) -> int:
+    """The expert epochs (checkpoints after the initial weights) ``recipe`` trains on ``lab``'s data: what a
+    study checks its options against before any training."""
+    return len(recipe.schedule(int(lab.prepared.train_idx.numel()))[2])
+
+
+def given_epochs(expert_epoch: int | dict, ipcs: Sequence[int], last: int) -> dict[int, int]:
     """Expert epoch per IPC from ``expert_epoch``: one for all, or {ipc: epoch} (JSON's string keys are read
-    as ints); each within the epochs ``expert`` has trained."""
+    as ints); each within the ``last`` epoch the expert has (or will have)."""
     if isinstance(expert_epoch, dict):
         expert_epoch = {int(k): v for k, v in expert_epoch.items()}  # JSON keys arrive as strings
         missing = [i for i in ipcs if i not in expert_epoch]
@@ -261,20 +267,22 @@ def given_epochs(expert_epoch: int | dict, ipcs: Sequence[int], expert: Trajecto
     else:
         e = check_positive_int("expert_epoch", expert_epoch)
         epochs = dict.fromkeys(ipcs, e)
-    bad = {i: e for i, e in epochs.items() if e > expert.epochs_done}
+    bad = {i: e for i, e in epochs.items() if e > last}
     if bad:
-        raise ValueError(f"expert_epoch {bad} exceeds the expert's {expert.epochs_done} epochs")
+        raise ValueError(f"expert_epoch {bad} exceeds the expert's {last} epochs")
     return epochs
 
 
-def expert_epochs(lab: Lab, preset: Preset, expert: Trajectory, ipcs: Sequence[int],
+def expert_epochs(lab: Lab, preset: Preset, expert: Trajectory | None, ipcs: Sequence[int],
                   expert_epoch: int | dict | None = None) -> tuple[dict[int, int], str]:
-    """Expert epoch per IPC: ``expert_epoch`` if given, else the main job's validation sweep (its runs are
+    """Expert epoch per IPC: ``expert_epoch`` if given (checked against the preset's planned checkpoints, so
+    before any training), else the main job's validation sweep on ``expert`` (trained if None; its runs are
     shared through the store, so this is free after ``softlabels run``); and how it was chosen."""
     from ..main_job import choose_expert_epochs
 
     if expert_epoch is not None:
-        return given_epochs(expert_epoch, ipcs, expert), "given"
+        return given_epochs(expert_epoch, ipcs, planned_epochs(lab, preset.expert)), "given"
+    expert = expert if expert is not None else lab.expert(preset.expert)
     chosen = choose_expert_epochs(lab, preset, expert, ipcs=ipcs).chosen
     return {int(i): int(chosen[i]) for i in ipcs}, "validation sweep of the main job (study 'baseline-sweep')"
 
@@ -327,8 +335,37 @@ def evaluate_grid(lab: Lab, grid: Sequence[tuple[int, LabelSpec]], *, recipes: d
     )
 
 
-__all__ = ["QUICK_SEEDS", "SCALES", "STUDIES", "OptionError", "StudyResult", "argbest", "base_settings",
-           "cell_stats", "common_options", "common_settings", "default_seeds", "epoch_grid", "evaluate_grid",
-           "expert_epochs", "expert_history_value", "finite", "float_list", "mean_label_entropy",
-           "given_epochs", "int_list", "list_studies", "mean_std", "metric_of", "pct", "register_study",
-           "resolve_preset", "rows_csv", "run_study", "seed_list", "student_recipe", "study_dir"]
+__all__ = [
+    "QUICK_SEEDS",
+    "SCALES",
+    "STUDIES",
+    "OptionError",
+    "StudyResult",
+    "argbest",
+    "base_settings",
+    "cell_stats",
+    "common_options",
+    "common_settings",
+    "default_seeds",
+    "epoch_grid",
+    "evaluate_grid",
+    "expert_epochs",
+    "expert_history_value",
+    "finite",
+    "float_list",
+    "mean_label_entropy",
+    "given_epochs",
+    "int_list",
+    "planned_epochs",
+    "list_studies",
+    "mean_std",
+    "metric_of",
+    "pct",
+    "register_study",
+    "resolve_preset",
+    "rows_csv",
+    "run_study",
+    "seed_list",
+    "student_recipe",
+    "study_dir",
+]

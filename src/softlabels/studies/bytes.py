@@ -34,6 +34,7 @@ from .base import (
     default_seeds,
     expert_epochs,
     int_list,
+    planned_epochs,
     register_study,
     resolve_preset,
     seed_list,
@@ -181,22 +182,22 @@ def resolve_plan(lab: Lab, *, scale: str = "quick", preset: Preset | str | None 
         image_list = tuple(dict.fromkeys(_image_spec(c) for c in names))
     expert, epochs, source = None, {ipc: () for ipc in grid}, "no soft labels"
     if any(c != "hard" for c in codec_list):
-        expert = lab.expert(p.expert)
-        axis = [] if expert_epochs_grid is None else int_list("expert_epochs", expert_epochs_grid,
-                                                              maximum=expert.epochs_done)
+        last = planned_epochs(lab, p.expert)  # every option is checked before the expert trains
+        axis = (
+            [] if expert_epochs_grid is None else int_list("expert_epochs", expert_epochs_grid, maximum=last)
+        )
         if expert_epoch is not None:
-            base, source = dict.fromkeys(grid, check_positive_int("expert_epoch", expert_epoch)), "given"
-        elif choose_epochs and not axis:
+            e = check_positive_int("expert_epoch", expert_epoch)
+            if e > last:
+                raise ValueError(f"expert epoch {e} is not available; the expert has epochs 0..{last}")
+            base, source = dict.fromkeys(grid, e), "given"
+        expert = lab.expert(p.expert)
+        if expert_epoch is None and choose_epochs and not axis:
             base, source = expert_epochs(lab, p, expert, grid)
-        else:
+        elif expert_epoch is None:
             base, source = {}, "grid"
-        extra = [e for e in FULL_EPOCHS if e <= expert.epochs_done] if scale == "full" else []
+        extra = [e for e in FULL_EPOCHS if e <= last] if scale == "full" else []
         epochs = {ipc: tuple(sorted({*([base[ipc]] if ipc in base else []), *axis, *extra})) for ipc in grid}
-        bad = sorted({e for es in epochs.values() for e in es if e > expert.epochs_done})
-        if bad:
-            raise ValueError(
-                f"expert epochs {bad} are not available; the expert has epochs 0..{expert.epochs_done}"
-            )
     plan = BytesPlan(scale=scale, preset=p, ipcs=tuple(grid), codecs=codec_list, expert_epochs=epochs,
                      epoch_source=source, image_codecs=image_list, seeds=seed_ids,
                      expert_key=expert.key if expert else None, image_codec_bytes=measured, skipped=skipped,

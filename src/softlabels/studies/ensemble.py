@@ -37,6 +37,7 @@ from .base import (
     finite,
     int_list,
     pct,
+    planned_epochs,
     register_study,
     resolve_preset,
     rows_csv,
@@ -60,8 +61,8 @@ def ensemble_members(lab: Lab, p: Preset, n: int, *, up_to: int, truncate: bool 
     if n == 1:
         return [lead]
     recipe = p.expert
-    if truncate and not recipe.decay and up_to < recipe.epochs:
-        recipe = recipe.replace(epochs=up_to)
+    if truncate and not recipe.decay:
+        recipe = recipe.truncated(up_to, lab.prepared.train_idx.numel())
     return [lead, *lab.experts(recipe.replace(seed=p.expert.seed + 1), n - 1)]
 
 
@@ -100,8 +101,10 @@ def study_ensemble(lab: Lab, *, scale: str = "quick", n: int | None = None, ipcs
         raise TypeError(f"truncate must be a bool, got {truncate!r}")
     prep = lab.prepared
     num_classes = prep.num_classes
+    if label_epochs is not None:
+        int_list("label_epochs", label_epochs, maximum=planned_epochs(lab, p.expert))  # before any training
+    epochs, epoch_source = expert_epochs(lab, p, None, ipc_list, expert_epoch)
     lead = lab.expert(p.expert)
-    epochs, epoch_source = expert_epochs(lab, p, lead, ipc_list, expert_epoch)
     up_to = max(epochs.values())
     if label_epochs is not None:
         up_to = max(up_to, max(int_list("label_epochs", label_epochs, maximum=lead.epochs_done)))

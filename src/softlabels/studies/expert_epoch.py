@@ -26,6 +26,7 @@ from .base import (
     expert_history_value,
     mean_label_entropy,
     pct,
+    planned_epochs,
     register_study,
     student_recipe,
     study_dir,
@@ -48,12 +49,12 @@ def study_expert_epoch(lab: Lab, *, scale: str = "quick", ipcs: Sequence[int] | 
     """Per IPC, students on labels from every expert epoch of a grid; the best epoch by validation."""
     p, ipc_list, seed_ids, image_seed = common_options(scale, preset, ipcs, seeds, image_seed=image_seed,
                                                        ipcs_default=QUICK_IPCS if scale == "quick" else None)
-    expert = lab.expert(p.expert)
-    last = expert.epochs_done
+    last = planned_epochs(lab, p.expert)
     # default grid: quick 1, 2, 4, 7 and the last epoch; full every 2nd epoch from 1 (the paper's), the last
     grid = epoch_grid(epochs, scale, last, quick=QUICK_EPOCH_GRID, every=2)
 
     recipes = {ipc: student_recipe(p, ipc, student_epochs=student_epochs) for ipc in ipc_list}
+    expert = lab.expert(p.expert)  # every option is checked: now the training
     grid_cells = [(ipc, e, LabelSpec(kind="soft", expert_epoch=e)) for ipc in ipc_list for e in grid]
     results = evaluate_grid(
         lab,

@@ -93,6 +93,10 @@ def study_knowledge(lab: Lab, *, scale: str = "quick", ipcs: Sequence[int] | Non
     c = prep.num_classes
     if c < 2:
         raise ValueError("the knowledge study needs at least 2 classes")
+    if expert_epoch is not None:
+        expert_epochs(lab, p, None, ipc_list, expert_epoch)  # checked before any training
+    if subjects is not None:
+        int_list("subjects", subjects, minimum=0, maximum=c - 1)
     expert = lab.expert(p.expert)
     class_acc = expert_class_accuracy(lab, expert, expert.epochs_done)
     if subjects is not None:

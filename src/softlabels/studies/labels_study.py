@@ -36,6 +36,7 @@ from .base import (
     finite,
     int_list,
     pct,
+    planned_epochs,
     register_study,
     resolve_preset,
     study_dir,
@@ -87,8 +88,7 @@ def study_labels(
     prep = lab.prepared
     ds, num_classes = prep.dataset, prep.num_classes
     classes = list(ds.classes)
-    expert = lab.expert(p.expert)
-    last = expert.epochs_done
+    last = planned_epochs(lab, p.expert)
     epoch = last if epoch is None else check_positive_int("epoch", epoch, minimum=0)
     if epoch > last:
         raise ValueError(f"epoch {epoch} exceeds the expert's {last} epochs")
@@ -97,6 +97,9 @@ def study_labels(
         epoch_list = sorted(set(grid) | {epoch})
     else:
         epoch_list = int_list("epochs", epochs, minimum=0, maximum=last)
+    if ipc is not None:
+        check_positive_int("ipc", ipc)
+    expert = lab.expert(p.expert)  # every option is checked: now the training
 
     targets = prep.train_targets
     if ipc is not None:

@@ -79,21 +79,20 @@ def study_scaling(lab: Lab, *, scale: str = "quick", ipcs: Sequence[int] | None 
     k_list = int_list("ks", ks if ks is not None else default_ks(scale, num_classes), minimum=0,
                       maximum=num_classes)
     seed_ids = base.seed_list(seeds, default=base.default_seeds(scale, p, quick=QUICK_SEEDS))
-    expert = lab.expert(p.expert)
-    last = expert.epochs_done
+    last = base.planned_epochs(lab, p.expert)
+    given = None if epochs is None else int_list("epochs", epochs, maximum=last)
+    given_front = None if frontier_epochs is None else int_list("frontier_epochs", frontier_epochs,
+                                                               maximum=last)
+    recipes = {ipc: student_recipe(p, ipc, student_epochs=student_epochs) for ipc in ipc_list}
+    expert = lab.expert(p.expert)  # every option is checked: now the training
     epoch_source = "given"
-    if epochs is None:
+    if given is None:
         early = base.expert_epochs(lab, p, expert, [ipc_list[0]])[0][ipc_list[0]]
         epoch_list = sorted({early, last})
         epoch_source = f"validation-chosen epoch at IPC {ipc_list[0]} ({early}) and the last epoch ({last})"
     else:
-        epoch_list = int_list("epochs", epochs, maximum=last)
-    if frontier_epochs is None:
-        front_list = sorted({e for e in p.sweep_epochs if 0 < e <= last} | set(epoch_list))
-    else:
-        front_list = int_list("frontier_epochs", frontier_epochs, maximum=last)
-
-    recipes = {ipc: student_recipe(p, ipc, student_epochs=student_epochs) for ipc in ipc_list}
+        epoch_list = given
+    front_list = given_front or sorted({e for e in p.sweep_epochs if 0 < e <= last} | set(epoch_list))
     keys: list[tuple[int | None, int, int]] = []  # (expert epoch or None for hard labels, k, ipc)
     for e in epoch_list:
         for k in k_list:

@@ -31,6 +31,7 @@ from .base import (
     int_list,
     metric_of,
     pct,
+    planned_epochs,
     register_study,
     resolve_preset,
     seed_list,
@@ -62,12 +63,13 @@ def study_selection(lab: Lab, *, scale: str = "quick", ipcs: Sequence[int] | Non
     reps = seed_list(seeds, default=default_seeds(scale, p))
     prep = lab.prepared
     num_classes = prep.num_classes
-    expert = lab.expert(p.expert)
+    last = planned_epochs(lab, p.expert)
     if score_epoch is not None:
         score_epoch = check_positive_int("score_epoch", score_epoch)
-        if score_epoch > expert.epochs_done:
-            raise ValueError(f"score_epoch {score_epoch} exceeds the expert's {expert.epochs_done} epochs")
-    epochs, epoch_source = expert_epochs(lab, p, expert, ipc_list, expert_epoch)
+        if score_epoch > last:
+            raise ValueError(f"score_epoch {score_epoch} exceeds the expert's {last} epochs")
+    epochs, epoch_source = expert_epochs(lab, p, None, ipc_list, expert_epoch)
+    expert = lab.expert(p.expert)
     targets = prep.train_targets
     counts = torch.bincount(targets.long(), minlength=num_classes)
     scores: dict[int, torch.Tensor] = {}

@@ -49,8 +49,8 @@ def study_swap(lab: Lab, *, scale: str = "quick", ipcs: Sequence[int] | None = N
     if c < 2:
         raise ValueError("the swap test needs at least 2 classes")
     swap_list = int_list("swaps", swaps, maximum=c - 1) if swaps is not None else list(range(1, c))
+    epochs, how = expert_epochs(lab, p, None, ipc_list, expert_epoch)
     expert = lab.expert(p.expert)
-    epochs, how = expert_epochs(lab, p, expert, ipc_list, expert_epoch)
 
     rows: list[dict[str, Any]] = []
     recipes = {}

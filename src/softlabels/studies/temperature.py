@@ -26,6 +26,7 @@ from .base import (
     float_list,
     mean_label_entropy,
     pct,
+    planned_epochs,
     register_study,
     student_recipe,
     study_dir,
@@ -49,11 +50,11 @@ def study_temperature(lab: Lab, *, scale: str = "quick", ipcs: Sequence[int] | N
                        (QUICK_TEMPERATURES if scale == "quick" else FULL_TEMPERATURES))
     if 1.0 not in temps:
         raise ValueError(f"temperatures must include 1 (the untempered reference), got {temps}")
-    expert = lab.expert(p.expert)
     # default grid: quick 1, 4 and the last epoch; full every 6th epoch from 1 (the paper's) and the last
-    grid = epoch_grid(epochs, scale, expert.epochs_done, quick=QUICK_EPOCHS, every=6)
+    grid = epoch_grid(epochs, scale, planned_epochs(lab, p.expert), quick=QUICK_EPOCHS, every=6)
 
     recipes = {ipc: student_recipe(p, ipc, student_epochs=student_epochs) for ipc in ipc_list}
+    expert = lab.expert(p.expert)  # every option is checked: now the training
     grid_cells = [(ipc, e, t, LabelSpec(kind="soft", expert_epoch=e, temperature=t))
                   for ipc in ipc_list for e in grid for t in temps]
     results = evaluate_grid(lab, [(ipc, label) for ipc, _, _, label in grid_cells], recipes=recipes,
