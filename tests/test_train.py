@@ -321,3 +321,26 @@ def test_a_weight_average_is_what_is_judged(tiny_ds):
     plain = train_student(xs, ys, rec, seed=0, return_state=True).state
     averaged = train_student(xs, ys, rec.replace(ema=0.5), seed=0, return_state=True).state
     assert not torch.equal(plain["classifier.weight"], averaged["classifier.weight"])
+
+
+def test_the_compile_choice_weighs_every_cell_of_a_model_shape_in_a_call(tiny_lab, monkeypatch):
+    """One graph serves all cells of a shape: small cells that together repay compiling are compiled."""
+    import softlabels.lab as lab_mod
+    from softlabels.config import LabelSpec
+    from softlabels.lab import CellSpec
+    from softlabels.sets.spec import SetSpec
+
+    seen = []
+    real = lab_mod.resolve_compile
+    monkeypatch.setattr(lab_mod, "resolve_compile", lambda s, d, *, total_steps: seen.append(total_steps)
+                        or real(s, d, total_steps=total_steps))
+    rec = StudentRecipe(model="convnet-d3", width=8, epochs=2, precision="fp32", compile="off", batch_size=16)
+    cells = [
+        CellSpec(set=SetSpec(ipc=ipc, label=LabelSpec(kind="hard")), student=rec, seeds=(0, 1), study="t")
+        for ipc in (1, 2)
+    ]
+    other = CellSpec(
+        set=SetSpec(ipc=1, label=LabelSpec(kind="hard")), student=rec.replace(width=4), seeds=(0,), study="t"
+    )
+    tiny_lab.evaluate_many([*cells, other])
+    assert seen == [2 * 1 * 2 + 2 * 1 * 2] * 2 + [2]  # width 8: both cells' steps; width 4: its own

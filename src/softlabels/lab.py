@@ -204,6 +204,14 @@ class Lab:
         outs: list[list[dict]] = []
         jobs: list[StudentJob] = []
         ds = self.prepared.dataset
+        # one training graph serves every cell of a model shape: compiling pays when the call's cells of that
+        # shape, all their seeds (not the ones left: a resumed call takes the same path), have enough steps
+        planned: dict[tuple, int] = {}
+        for cell in cells:
+            key = (cell.student.model, cell.student.width, cell.student.compile)
+            planned[key] = planned.get(key, 0) + planned_steps(
+                cell.student, self._cell_images(cell), len(cell.seeds)
+            )
         for ci, cell in enumerate(cells):
             out, todo = self._lookup(cell)
             outs.append(out)
@@ -211,11 +219,9 @@ class Lab:
                 continue
             cset = self.build_set(cell.set, experts=cell.experts, given=cell.given)
             x = cset.model_input(device=self.device, zca=self.prepared.zca, mean=ds.mean, std=ds.std)
-            # all seeds, not the ones left: a resumed cell must take the same (compiled or eager) path
-            steps = planned_steps(cell.student, len(cset), len(cell.seeds))
-            compile_model = resolve_compile(
-                cell.student.compile, torch.device(self.device), total_steps=steps
-            )
+            compile_model = resolve_compile(cell.student.compile, torch.device(self.device),
+                                            total_steps=planned[(cell.student.model, cell.student.width,
+                                                                 cell.student.compile)])
             meta = {"cell": ci, "nbytes": cset.nbytes,
                     "codec": f"{cset.manifest['image_codec']}|{cset.manifest['label_codec']}"}
             for pos, seed, cfg in todo:
