@@ -56,7 +56,7 @@ def header_length(data: bytes) -> int:
 
 def test_registries_list_every_codec() -> None:
     assert LABEL_CODECS.names() == ["bf16", "fp16", "fp32", "hard", "quant", "topk"]
-    assert IMAGE_CODECS.names() == ["down", "jpeg", "pack", "png", "raw", "webp", "zlib"]
+    assert IMAGE_CODECS.names() == ["down", "float", "jpeg", "pack", "png", "raw", "webp", "zlib"]
 
 
 @pytest.mark.parametrize(("max_value", "dtype"), [

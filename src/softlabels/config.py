@@ -16,7 +16,7 @@ from .validation import check_choice, check_fraction, check_positive_float, chec
 PROTOCOLS = ("clean", "paper")
 OPTIMIZERS = ("sgd", "adamw")
 PRECISIONS = ("fp32", "bf16", "auto")
-LABEL_KINDS = ("soft", "hard")
+LABEL_KINDS = ("soft", "hard", "learned")
 
 #: What each protocol's number means: printed beside every table.
 PROTOCOL_NOTES = {
@@ -165,9 +165,13 @@ class LabelSpec(_Config):
     """How a compressed set is labelled.
 
     ``kind``: "soft" (expert softmax at ``expert_epoch`` with true temperature ``temperature``),
-    or "hard" (class indices). ``ensemble`` > 1 averages the logits of that many experts (seeds
+    "hard" (class indices), or "learned" (label logits trained by truncated back-propagation through
+    unrolled students, :mod:`softlabels.labels.learned_source`; ``learner`` is its spec, default
+    :data:`~softlabels.labels.learned_source.DEFAULT_LEARNER`).
+    ``ensemble`` > 1 averages the logits of that many experts (seeds
     ``seed, seed+1, ...``). ``transform`` is a label-transform spec (e.g. "topk:k=3").
-    ``codec`` is how labels are stored (e.g. "fp32", "fp16", "topk:k=2,values=fp16", "hard").
+    ``codec`` is how labels are stored (e.g. "fp32", "fp16", "topk:k=2,values=fp16", "hard"; default "hard"
+    for hard labels, "fp32" for soft ones).
     Transform and codec are kept in canonical form, so equal labels have equal specs.
     """
 
@@ -176,13 +180,25 @@ class LabelSpec(_Config):
     temperature: float = 1.0
     ensemble: int = 1
     transform: str = "none"
-    codec: str = "fp32"
+    codec: str | None = None
+    learner: str | None = None
 
     def __post_init__(self) -> None:
+        from .labels.learned_source import DEFAULT_LEARNER, LEARNERS
         from .labels.transforms import parse_transform
         from .sets.codecs import label_codec
 
         check_choice("label kind", self.kind, LABEL_KINDS)
+        if self.kind == "learned":
+            object.__setattr__(self, "learner", LEARNERS.canonical(self.learner or DEFAULT_LEARNER))
+            if self.expert_epoch is not None or self.ensemble != 1 or self.temperature != 1.0:
+                raise ValueError("learned labels read no expert: drop expert_epoch, ensemble and temperature "
+                                 "(the learner spec sets how they are learned)")
+        elif self.learner is not None:
+            raise ValueError(f"learner= is for learned labels; drop it or use kind='learned' (got kind "
+                             f"{self.kind!r})")
+        if self.codec is None:
+            object.__setattr__(self, "codec", "hard" if self.kind == "hard" else "fp32")
         check_positive_float("temperature", self.temperature)
         check_positive_int("ensemble", self.ensemble)
         if self.expert_epoch is not None:
@@ -203,9 +219,11 @@ class StudentRecipe(_Config):
     ceil(N / batch) steps per epoch). ``schedule``: "auto" is the reference code's (SGD: StepLR(epochs // 4,
     0.3); AdamW: cosine per epoch); "cosine" and "linear" decay to zero per step after ``warmup`` (a fraction
     of the steps, linear from zero). SGD: momentum 0.9 (``nesterov`` optional), weight decay 5e-4; AdamW:
-    weight decay 0.01. Cross-entropy with probability targets (``label_smoothing`` mixes in the uniform
-    distribution), DSA on every batch, batch 256. ``ema`` > 0 evaluates an exponential moving average of the
-    weights (decay per step); ``tta="flip"`` averages the logits of each image and its mirror at evaluation.
+    weight decay 0.01. ``loss``: a student-loss spec (:func:`softlabels.engine.losses.list_losses`; default
+    cross-entropy with probability targets; losses with a hard-label term use the images' true classes);
+    ``label_smoothing`` mixes the uniform distribution into the targets. DSA on every batch, batch 256.
+    ``ema`` > 0 evaluates an exponential moving average of the weights (decay per step); ``tta="flip"``
+    averages the logits of each image and its mirror at evaluation.
     ``eval_every`` is the paper protocol's test-checkpoint interval (200 epochs). ``compile`` and nothing
     else is a speed switch that leaves results equal (it is not part of a run's identity).
     """
@@ -226,6 +244,7 @@ class StudentRecipe(_Config):
     label_smoothing: float = 0.0
     ema: float = 0.0
     tta: str = "none"
+    loss: str = "soft-ce"
     eval_every: int = 200
     precision: str = "auto"
     compile: str = "auto"
@@ -250,6 +269,9 @@ class StudentRecipe(_Config):
         check_fraction("label_smoothing", self.label_smoothing)
         check_fraction("ema", self.ema)
         check_choice("tta", self.tta, TTA_MODES)
+        from .engine.losses import loss_fn
+
+        object.__setattr__(self, "loss", loss_fn(self.loss).spec)  # canonical, so equal losses share keys
         check_positive_int("eval_every", self.eval_every)
         check_choice("precision", self.precision, PRECISIONS)
         check_choice("compile", self.compile, ("auto", "on", "off"))

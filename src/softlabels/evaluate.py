@@ -44,22 +44,29 @@ def evaluate_set(
     protocol: str = "clean",
     student: StudentRecipe | None = None,
     student_epochs: int | None = None,
+    loss: str | None = None,
+    image_space: str | None = None,
+    quantize: bool = False,
 ) -> SetEvaluation:
     """Train one student per seed on ``cset`` (a set, or a path to ``.safetensors`` / ``.npz``), resumable.
 
-    The student is ``student``, else the preset's at the set's IPC (``student_epochs`` overrides its length).
-    The run is keyed by the set's content hash and stored with the set's true label kind, so ``budget``
-    finds it under hard or soft labels.
+    The student is ``student``, else the preset's at the set's IPC (``student_epochs`` overrides its length,
+    ``loss`` its loss). The run is keyed by the set's content hash and stored with the set's true label kind,
+    so ``budget`` finds it under hard or soft labels. ``image_space`` and ``quantize`` apply to a file's float
+    images (:meth:`CompressedSet.from_arrays`).
     """
     check_choice("protocol", protocol, PROTOCOLS)
     source = str(cset) if isinstance(cset, (str, Path)) else "given set"
     if isinstance(cset, (str, Path)):
-        cset = CompressedSet.from_file(cset, num_classes=lab.prepared.num_classes)
+        cset = CompressedSet.from_file(cset, num_classes=lab.prepared.num_classes, image_space=image_space,
+                                       quantize=quantize)
     lab.check_compatible(cset, name=source)
     spec = SetSpec.of_set(cset)
     recipe = student if student is not None else preset.student_for(spec.ipc)
     if student_epochs is not None:
         recipe = recipe.replace(epochs=student_epochs, steps=None)
+    if loss is not None:
+        recipe = recipe.replace(loss=loss)
     res = lab.evaluate(
         spec, student=recipe, seeds=tuple(seeds), protocol=protocol, study="evaluate", given=cset
     )

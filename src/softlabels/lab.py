@@ -153,7 +153,16 @@ class Lab:
         """The set named by ``spec`` on this lab's data (``given``: the user's set of a file source)."""
         if given is not None:
             self.check_compatible(given)
-        return spec.build(self.prepared, experts=experts, device=self.device, cache=self.logits, given=given)
+        if spec.label.kind != "learned" or spec.source != "pool":
+            return spec.build(
+                self.prepared, experts=experts, device=self.device, cache=self.logits, given=given
+            )
+        from .labels.learned_source import learner_config
+
+        steps = learner_config(spec.label.learner, seed=spec.image_seed)[0].meta_steps
+        with self._bar(f"learned labels IPC {spec.ipc} seed {spec.image_seed}", steps) as tick:
+            return spec.build(self.prepared, experts=experts, device=self.device, cache=self.logits,
+                              work_dir=self.out_dir / "learned-labels", on_step=lambda _rec: tick(1))
 
     def check_compatible(self, cset: CompressedSet, *, name: str = "the set") -> None:
         """A set from elsewhere must have this dataset's classes and image shape."""
@@ -225,9 +234,19 @@ class Lab:
             meta = {"cell": ci, "nbytes": cset.nbytes,
                     "codec": f"{cset.manifest['image_codec']}|{cset.manifest['label_codec']}"}
             for pos, seed, cfg in todo:
-                jobs.append(StudentJob(images=x, labels=cset.labels, recipe=cell.student, seed=seed,
-                                       protocol=cell.protocol, compile_model=compile_model, parts=cell.parts,
-                                       tag={**meta, "pos": pos, "config": cfg}))
+                jobs.append(
+                    StudentJob(
+                        images=x,
+                        labels=cset.labels,
+                        hard=cset.targets,
+                        recipe=cell.student,
+                        seed=seed,
+                        protocol=cell.protocol,
+                        compile_model=compile_model,
+                        parts=cell.parts,
+                        tag={**meta, "pos": pos, "config": cfg},
+                    )
+                )
         if not jobs:
             return outs
 
@@ -255,7 +274,7 @@ class Lab:
         else:
             groups, workers = self._local_groups(cells, jobs)
             what += f" on {workers} workers" if workers > 1 and len(cells) > 1 else ""
-        with self._bar(what, sum(j.recipe.epochs for j in jobs)) as tick:
+        with self._bar(what, sum(j.recipe.total_epochs(len(j.images)) for j in jobs)) as tick:
             for executor, group in groups:
                 executor.run(group, store, on_epoch=tick)
         return outs

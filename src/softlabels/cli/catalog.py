@@ -1,4 +1,4 @@
-"""``datasets``, ``models`` and ``results``: what is registered, and what is stored."""
+"""``datasets``, ``models``, ``losses`` and ``results``: what is registered, and what is stored."""
 
 from __future__ import annotations
 
@@ -10,6 +10,9 @@ from .common import DEFAULT_OUT, console, key_values, positive_int
 def register(sub) -> None:
     sub.add_parser("datasets", help="list datasets").set_defaults(fn=cmd_datasets)
     sub.add_parser("models", help="list models").set_defaults(fn=cmd_models)
+    sub.add_parser("losses", help="list student losses (StudentRecipe.loss, --loss)").set_defaults(
+        fn=cmd_losses
+    )
     q = sub.add_parser("results", help="list, filter and export stored results")
     q.add_argument("--out", default=DEFAULT_OUT)
     q.add_argument("--study", default=None)
@@ -36,6 +39,13 @@ def cmd_models(args) -> int:
     from ..models import list_models
 
     _print_names(list_models())
+    return 0
+
+
+def cmd_losses(args) -> int:
+    from ..engine.losses import list_losses
+
+    _print_names(list_losses())
     return 0
 
 

@@ -52,8 +52,13 @@ def register(sub) -> None:
     d.add_argument(
         "--selection", default="random", help='which images, e.g. random or "ce-bin:bin=0,epoch=3"'
     )
-    d.add_argument("--hard", action="store_true", help="hard labels instead of expert soft labels")
-    d.add_argument("--seed", type=int, default=0, help="image selection seed")
+    kind = d.add_mutually_exclusive_group()
+    kind.add_argument("--hard", action="store_true", help="hard labels instead of expert soft labels")
+    kind.add_argument("--learned", action="store_true",
+                      help="labels learned by back-propagation through unrolled students (no expert)")
+    d.add_argument("--learner", default=None,
+                   help='learned-label options, e.g. "bptt:meta_steps=200,inner_steps=10" (with --learned)')
+    d.add_argument("--seed", type=int, default=0, help="image selection seed (and label-learning seed)")
     d.add_argument("--overwrite", action="store_true")
     d.add_argument("-o", "--output", required=True, help="file to write (.safetensors)")
     d.set_defaults(fn=cmd_distill)
@@ -70,6 +75,15 @@ def register(sub) -> None:
     )
     v.add_argument("--protocol", default="clean", choices=["clean", "paper"])
     v.add_argument("--student-epochs", type=positive_int, default=None)
+    v.add_argument("--loss", default=None, help='student loss, e.g. "kl:t=4" (see `softlabels losses`)')
+    v.add_argument("--image-space", default=None, choices=["pixels", "model"],
+                   help="float images of a file: pixels in [0, 1] (default) or already the model's input")
+    v.add_argument("--quantize", action="store_true", help="store a file's float pixels as uint8")
+    v.add_argument("--against-baselines", action="store_true",
+                   help="also judge the set against its images with hard / our labels and random real images "
+                        "with soft / hard labels at the same IPC and at the same bytes, with paired CIs")
+    v.add_argument("--expert-epoch", type=positive_int, default=None,
+                   help="our expert's epoch for --against-baselines (default: chosen on validation)")
     v.set_defaults(fn=cmd_evaluate)
 
 
@@ -183,12 +197,18 @@ def distill_spec(args):
     from ..config import LabelSpec
     from ..sets.spec import SetSpec
 
-    if args.hard:
+    learner = getattr(args, "learner", None)
+    if learner is not None and not getattr(args, "learned", False):
+        raise ValueError("--learner sets the options of learned labels; add --learned")
+    if args.hard or getattr(args, "learned", False):
+        flag = "--hard" if args.hard else "--learned"
         given = [f for f, v in (("--expert-epoch", args.expert_epoch), ("--temperature", args.temperature),
                                 ("--ensemble", args.ensemble)) if v is not None]
         if given:
-            raise ValueError(f"--hard takes no soft-label options; drop {', '.join(given)}")
-        label = LabelSpec(kind="hard", transform=args.transform, codec=args.codec or "hard")
+            raise ValueError(f"{flag} takes no soft-label options; drop {', '.join(given)}")
+        label = (LabelSpec(kind="hard", transform=args.transform, codec=args.codec or "hard") if args.hard
+                 else LabelSpec(kind="learned", learner=learner, transform=args.transform,
+                                codec=args.codec or "fp32"))
     else:
         if args.expert_epoch is None:
             raise ValueError(
@@ -219,12 +239,22 @@ def cmd_distill(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
+    from ..config import StudentRecipe
     from ..evaluate import evaluate_set
     from ..presets import get_preset
 
+    if args.loss is not None:
+        StudentRecipe(loss=args.loss)  # an unknown loss fails here, before any training
+    if args.against_baselines and (args.protocol != "clean" or args.student_epochs):
+        raise ValueError("--against-baselines uses the clean protocol and the preset's student lengths; "
+                         "drop --protocol paper / --student-epochs")
+    if args.expert_epoch is not None and not args.against_baselines:
+        raise ValueError("--expert-epoch applies to --against-baselines only")
     preset = get_preset(args.preset)
     lab = make_lab(args, preset)
     with lab:
+        if args.against_baselines:
+            return _against(args, lab, preset)
         ev = evaluate_set(
             lab,
             args.set,
@@ -232,8 +262,56 @@ def cmd_evaluate(args) -> int:
             seeds=tuple(range(args.seeds)),
             protocol=args.protocol,
             student_epochs=args.student_epochs,
+            loss=args.loss,
+            image_space=args.image_space,
+            quantize=args.quantize,
         )
     print(f"{args.set}: {ev.images} images (IPC {ev.ipc:g}, {ev.label_kind} labels), {ev.nbytes:,} bytes; "
           f"{ev.protocol} test accuracy {100 * ev.mean:.2f} ± {100 * ev.std:.2f} % over {len(ev.accs)} seeds "
           f"({ev.student_epochs} student epochs)")
+    return 0
+
+
+def _against(args, lab, preset) -> int:
+    from rich.table import Table
+
+    from ..against import against_baselines
+    from ..main_job import gain_text
+
+    res = against_baselines(
+        lab,
+        args.set,
+        preset=preset,
+        seeds=tuple(range(args.seeds)),
+        expert_epoch=args.expert_epoch,
+        image_space=args.image_space,
+        quantize=args.quantize,
+        loss=args.loss,
+    )
+    t = Table(
+        title=f"{res.source}: IPC {res.ipc}, {res.label_kind} labels, {res.nbytes:,} bytes (clean protocol, "
+        f"final-epoch test accuracy, {len(res.seeds)} paired repetitions)"
+    )
+    for col in ("row", "IPC", "bytes", "test %", "set minus row (95% CI, pts)"):
+        t.add_column(col)
+    for r in res.rows:
+        gain = gain_text((r["gain"], r["gain_lo"], r["gain_hi"])) if "gain" in r else ""
+        t.add_row(
+            r["what"],
+            str(r["ipc"]),
+            f"{r['nbytes']:,}",
+            f"{100 * r['mean']:.1f} ± {100 * r['std']:.1f}",
+            gain,
+        )
+    con = console()
+    con.print(t)
+    s = res.score
+    con.print(
+        f"gain over the soft-label baseline: {gain_text(res.gain)} pts; label-robust score "
+        f"{100 * s['lrs']:.1f} (HLR {100 * s['hlr']:.1f}, IOR {100 * s['ior']:.1f} vs {s['random_row']}, "
+        f"w={s['w']:g}; full-data reference: our expert, {100 * s['full_hard']:.1f}%); expert epochs "
+        f"{res.expert_epochs} chosen on validation" + ("" if args.expert_epoch is None else " (given)")
+    )
+    for note in res.notes:
+        con.print(f"note: {note}")
     return 0

@@ -46,12 +46,14 @@ MAX_AUTO_WORKERS = 8
 
 @dataclass(frozen=True, eq=False, kw_only=True)  # eq=False: compared by identity, never tensor by tensor
 class StudentJob:
-    """One student to train: model-ready ``images`` and probability ``labels`` (CPU or device tensors);
-    ``tag`` is the caller's (it stays in the caller's process)."""
+    """One student to train: model-ready ``images``, probability ``labels`` and the images' true classes
+    ``hard`` (for losses with a hard-label term; None: the labels' argmax), CPU or device tensors; ``tag`` is
+    the caller's (it stays in the caller's process)."""
 
     images: torch.Tensor
     labels: torch.Tensor
     recipe: StudentRecipe
+    hard: torch.Tensor | None = None
     seed: int
     protocol: str = "clean"
     compile_model: bool = False
@@ -149,6 +151,7 @@ def _train(job: StudentJob, evals: EvalSets | None, device, on_epoch, engine: En
         job.labels,
         job.recipe,
         seed=job.seed,
+        hard=job.hard,
         evals=evals,
         parts=job.parts,
         protocol=job.protocol,

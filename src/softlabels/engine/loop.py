@@ -20,8 +20,9 @@ from torch import nn
 from ..augment import dsa
 from ..config import PROTOCOLS, StudentRecipe
 from ..models import init_model
-from ..validation import check_choice, check_labels
+from ..validation import check_choice, check_labels, check_targets
 from .evaluation import EvalSets, accuracy, evaluator, per_class_accuracy, predict
+from .losses import check_targets_for, loss_fn
 from .runtime import (
     Engine,
     autocast_ctx,
@@ -141,14 +142,26 @@ class _WeightAverage:
             p.copy_(a)
 
 
-def train_student(images: torch.Tensor, labels: torch.Tensor, recipe: StudentRecipe, *, seed: int,
-                  evals: EvalSets | None = None, protocol: str = "clean", device: str | torch.device = "cpu",
-                  compile_model: bool = False, on_epoch: ProgressFn | None = None,
-                  return_state: bool = False, engine: Engine | None = None,
-                  parts: tuple[str, ...] = ("test", "val")) -> StudentResult:
+def train_student(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    recipe: StudentRecipe,
+    *,
+    seed: int,
+    hard: torch.Tensor | None = None,
+    evals: EvalSets | None = None,
+    protocol: str = "clean",
+    device: str | torch.device = "cpu",
+    compile_model: bool = False,
+    on_epoch: ProgressFn | None = None,
+    return_state: bool = False,
+    engine: Engine | None = None,
+    parts: tuple[str, ...] = ("test", "val"),
+) -> StudentResult:
     """Train one student from scratch on model-ready ``images`` (N, C, H, W) and ``labels`` (N, K).
 
-    ``labels`` are probability targets (one-hot rows for hard labels). Returns final / checkpoint
+    ``labels`` are probability targets (one-hot rows for hard labels); ``hard`` (N,) the images' true classes,
+    read by losses with a hard-label term (None: the labels' argmax). Returns final / checkpoint
     accuracies per the protocol on the evaluation ``parts`` ("test", "val"; a sweep that chooses on
     validation needs only "val"), and the trained weights as ``state`` with ``return_state``. ``engine``
     holds compiled graphs for reuse across students (a private one is used without it).
@@ -165,6 +178,14 @@ def train_student(images: torch.Tensor, labels: torch.Tensor, recipe: StudentRec
     k = labels.shape[1]
     if recipe.label_smoothing:
         labels = (1 - recipe.label_smoothing) * labels + recipe.label_smoothing / k
+    loss_of = loss_fn(recipe.loss)
+    hard = hard.to(dev) if hard is not None else None
+    if hard is not None:
+        check_targets(hard, num_classes=k, n=n, name="hard (the images' true classes)")
+    # the label bound was checked above (quantised rows may exceed one by a step)
+    check_targets_for(loss_of, labels, atol=float(k))
+    # the default loss is the one the reference code uses, computed exactly as before (its float32 cast)
+    criterion = soft_cross_entropy if recipe.loss == "soft-ce" else loss_of
     t0 = time.perf_counter()
     fresh = init_model(recipe.model, recipe.width, seed=seed, in_channels=c, num_classes=k,
                        image_size=(h, w), device=dev)
@@ -193,13 +214,14 @@ def train_student(images: torch.Tensor, labels: torch.Tensor, recipe: StudentRec
             idx = perm[start:start + bs] if perm is not None else None
             xb = images if idx is None else images[idx]
             yb = labels if idx is None else labels[idx]
+            hb = hard if idx is None or hard is None else hard[idx]
             if recipe.dsa:
                 xb = dsa(xb, generator=gen)
             if compile_model:
                 torch._dynamo.mark_dynamic(xb, 0)  # the last batch of an epoch is usually smaller
             with autocast_ctx(dev, amp):
                 out = model(xb)
-            loss = soft_cross_entropy(out, yb)
+            loss = criterion(out, yb) if criterion is soft_cross_entropy else criterion(out, yb, hard=hb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

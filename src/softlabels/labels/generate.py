@@ -80,11 +80,21 @@ class LogitCache:
 
 def label_images(prepared: PreparedData, pool_positions: torch.Tensor, label: LabelSpec,
                  experts: Sequence[Trajectory], *, device: str | torch.device = "cpu",
-                 cache: LogitCache | None = None) -> torch.Tensor:
-    """Labels (N, K) for training-pool positions per ``label`` (before any transform)."""
+                 cache: LogitCache | None = None, seed: int = 0, work_dir=None,
+                 on_step=None) -> torch.Tensor:
+    """Labels (N, K) for training-pool positions per ``label`` (before any transform).
+
+    Learned labels use ``seed`` (the set's image seed), keep their resumable state under ``work_dir`` and
+    report each meta step to ``on_step``.
+    """
     targets = prepared.train_targets[pool_positions]
     if label.kind == "hard":
         return hard_labels(targets, num_classes=prepared.num_classes)
+    if label.kind == "learned":
+        from .learned_source import learned_set_labels
+
+        return learned_set_labels(prepared, pool_positions, label.learner, seed=seed, device=device,
+                                  work_dir=work_dir, on_step=on_step)
     if label.expert_epoch is None:
         raise ValueError("soft labels need an expert epoch (LabelSpec(expert_epoch=...), --expert-epoch)")
     if len(experts) < label.ensemble:

@@ -20,10 +20,19 @@ from ..version import __version__
 FORMAT = "softlabels.compressed-set/1"
 
 
+IMAGE_SPACES = ("pixels", "model")
+
+
 @dataclass(eq=False)
 class CompressedSet:
-    """``images`` uint8 (N, C, H, W); ``labels`` float (N, K) as the student will see them (decoded from
-    the label codec); ``targets`` int64 (N,) true classes; ``manifest`` describes how it was made."""
+    """``images`` (N, C, H, W): uint8 pixels, or float32 for synthetic sets; ``labels`` float (N, K) as the
+    student will see them (decoded from the label codec); ``targets`` int64 (N,) true classes; ``manifest``
+    describes how it was made.
+
+    Float images live in the manifest's ``image_space``: "pixels" (values in [0, 1], normalised like the
+    dataset's images before training) or "model" (already the model's input, e.g. a distillation method's
+    normalised, possibly ZCA-whitened, images: used as they are).
+    """
 
     images: torch.Tensor
     labels: torch.Tensor
@@ -33,14 +42,24 @@ class CompressedSet:
 
     def __post_init__(self) -> None:
         check_images(self.images, name="compressed-set images")
-        if self.images.dtype != torch.uint8:
-            raise TypeError("compressed-set images must be uint8 (N, C, H, W); quantise float images with "
-                            "(x * 255).round().clamp(0, 255).to(torch.uint8)")
+        m = self.manifest
+        if self.images.dtype.is_floating_point:
+            self.images = self.images.float()
+            m.setdefault("image_space", "pixels")
+            m.setdefault("image_codec", "float:dtype=fp32")
+        elif self.images.dtype != torch.uint8:
+            raise TypeError(
+                f"compressed-set images must be uint8 or float (N, C, H, W), got {self.images.dtype}"
+            )
+        space = m.setdefault("image_space", "pixels")
+        if space not in IMAGE_SPACES:
+            raise ValueError(f"manifest image_space must be one of {', '.join(IMAGE_SPACES)}, got {space!r}")
+        if space == "model" and not self.images.dtype.is_floating_point:
+            raise ValueError("image_space 'model' needs float images (uint8 images are pixels)")
         n = self.images.shape[0]
         check_labels(self.labels, n=n, name="compressed-set labels",
                      atol=_row_sum_tolerance(self.manifest.get("label_codec", "fp32"), self.labels.shape[1]))
         check_targets(self.targets, num_classes=self.labels.shape[1], n=n, name="compressed-set targets")
-        m = self.manifest
         m.setdefault("format", FORMAT)
         m.setdefault("num_classes", int(self.labels.shape[1]))
         m.setdefault("image_codec", "raw")
@@ -77,25 +96,46 @@ class CompressedSet:
         self, *, device: str | torch.device = "cpu", zca=None, mean=None, std=None
     ) -> torch.Tensor:
         """Normalised float images on ``device`` with the manifest's mean/std, else ``mean``/``std`` (a user's
-        set made elsewhere records none: pass the dataset's), and ZCA if given."""
+        set made elsewhere records none: pass the dataset's), and ZCA if given. Images in the "model" space
+        are returned as they are."""
+        if self.manifest.get("image_space") == "model":
+            return self.images.to(device).float()
         if self.manifest.get("mean") is not None and self.manifest.get("std") is not None:
             mean, std = self.manifest["mean"], self.manifest["std"]
-        x = self.images.to(device).float().div_(255.0)
+        x = self.images.to(device).float()
+        if not self.images.dtype.is_floating_point:
+            x = x.div_(255.0)
         if mean is not None and std is not None:
             m = torch.tensor(mean, device=x.device).view(1, -1, 1, 1)
             s = torch.tensor(std, device=x.device).view(1, -1, 1, 1)
             x = (x - m) / s
         return zca.apply(x) if zca is not None else x
 
-    def encode(self, *, image_codec: str = "raw", label_codec: str = "fp32") -> CompressedSet:
-        """The set as stored with these codecs: labels become what decoding gives back, and the
-        manifest records the measured payload bytes."""
+    def encode(self, *, image_codec: str | None = None, label_codec: str = "fp32") -> CompressedSet:
+        """The set as stored with these codecs (``image_codec`` None: the manifest's): images and labels
+        become what decoding gives back, and the manifest records the measured payload bytes."""
+        image_codec = image_codec or self.manifest["image_codec"]
         payload, (images, labels), nb = _encode(self, image_codec, label_codec)
         man = dict(self.manifest, image_codec=image_codec, label_codec=label_codec, nbytes=nb)
         return CompressedSet(images, labels, self.targets.clone(), man, payload)
 
     def content_hash(self) -> str:
         return tensor_hash(self.images, self.labels, self.targets)
+
+    def identity_hash(self) -> str:
+        """What a student trained on this set depends on: the content, and how the images become model input
+        (their space and a normalisation the manifest records). Equal to :meth:`content_hash` for pixel images
+        without a recorded normalisation."""
+        m = self.manifest
+        extra = {k: m[k] for k in ("mean", "std") if m.get(k) is not None}
+        if m.get("image_space", "pixels") != "pixels":
+            extra["image_space"] = m["image_space"]
+        if not extra:
+            return self.content_hash()
+        import hashlib
+
+        text = json.dumps({"content": self.content_hash(), **extra}, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
         """Write one safetensors file (encoded payload + targets) with the manifest in its metadata."""
@@ -145,17 +185,38 @@ class CompressedSet:
     @classmethod
     def from_arrays(cls, images: torch.Tensor, labels: torch.Tensor | None = None, *,
                     targets: torch.Tensor | None = None, num_classes: int | None = None,
-                    mean=None, std=None, **manifest) -> CompressedSet:
+                    mean=None, std=None, image_space: str | None = None, quantize: bool = False,
+                    **manifest) -> CompressedSet:
         """A set from a user's tensors: ``labels`` (N, K) soft labels and/or ``targets`` (N,) classes.
 
-        Float images in [0, 1] are quantised to uint8 (stored sets are uint8).
+        uint8 images are pixels. Float images are kept as floats (stored with the ``float`` image codec):
+        in [0, 1] they are pixels; ``image_space="model"`` says they are already the model's input (a
+        distillation method's normalised images, any range). ``quantize=True`` stores float pixels as uint8.
         """
         check_images(images)
+        if image_space is not None and image_space not in IMAGE_SPACES:
+            raise ValueError(f"image_space must be one of {', '.join(IMAGE_SPACES)}, got {image_space!r}")
         if images.dtype.is_floating_point:
-            if images.min() < 0 or images.max() > 1:
-                raise ValueError("float images must be in [0, 1] (un-normalised); got range "
-                                 f"[{float(images.min()):.3g}, {float(images.max()):.3g}]")
-            images = (images * 255).round().clamp(0, 255).to(torch.uint8)
+            lo, hi = float(images.min()), float(images.max())
+            if image_space == "model":
+                if quantize:
+                    raise ValueError(
+                        "quantize=True stores pixels as uint8; images in the model space cannot be "
+                        "quantised (their range is not [0, 1])"
+                    )
+                if mean is not None:
+                    raise ValueError("images in the model space are already normalised: drop mean= and std=")
+                manifest["image_space"] = "model"
+            elif lo < 0 or hi > 1:
+                raise ValueError(
+                    f"float images range over [{lo:.3g}, {hi:.3g}]: pixels must be in [0, 1]; if "
+                    "they are normalised model inputs (as most distillation methods store them) "
+                    "pass image_space='model' (CLI: --image-space model)"
+                )
+            elif quantize:
+                images = (images * 255).round().clamp(0, 255).to(torch.uint8)
+        elif image_space == "model":
+            raise ValueError("image_space='model' needs float images; uint8 images are pixels")
         if labels is None and targets is None:
             raise ValueError("give labels (N, K soft labels) or targets (N,) class indices")
         if (mean is None) != (std is None):

@@ -1,4 +1,5 @@
-"""Image codecs: how uint8 images (N, C, H, W) are stored (raw, png, zlib), decoded bit-exactly."""
+"""Image codecs: how uint8 images (N, C, H, W) are stored (raw, png, zlib), decoded bit-exactly, and how
+float images (synthetic sets made by a distillation method) are stored (``float:dtype=fp32|fp16|bf16``)."""
 
 from __future__ import annotations
 
@@ -12,11 +13,12 @@ import numpy as np
 import torch
 
 from ..registry import Registry
+from ..specs import Param
 from ..validation import CorruptFileError, check_images
 from .codec_base import Codec, Encoded, build_codec, meta_shape, smallest_uint_dtype
 
-__all__ = ["IMAGE_CODECS", "ImageCodec", "PngCodec", "RawCodec", "ZlibCodec", "decode_images", "image_codec",
-           "list_image_codecs"]
+__all__ = ["IMAGE_CODECS", "FloatCodec", "ImageCodec", "PngCodec", "RawCodec", "ZlibCodec", "decode_images",
+           "image_codec", "list_image_codecs"]
 
 
 class ImageCodec(Codec):
@@ -24,13 +26,20 @@ class ImageCodec(Codec):
 
     kind: ClassVar[str] = "image codec"
     TENSORS: ClassVar[tuple[str, ...]] = ()
+    stores_float: ClassVar[bool] = False  # True: float images in, float images out
 
     def encode(self, images: torch.Tensor) -> Encoded:
-        """Encode uint8 (N, C, H, W) images."""
+        """Encode uint8 (N, C, H, W) images (float images for a float codec)."""
         check_images(images)
-        if images.dtype != torch.uint8:
-            raise TypeError(f"image codecs store uint8 images, got {images.dtype}; quantise first, e.g. "
-                            "(x * 255).round().clamp(0, 255).to(torch.uint8)")
+        if self.stores_float != images.dtype.is_floating_point:
+            if self.stores_float:
+                raise TypeError(
+                    f"image codec {self.spec!r} stores float images, got {images.dtype}; use raw, "
+                    "png or zlib for uint8 images"
+                )
+            raise TypeError(f"image codec {self.spec!r} stores uint8 images, got {images.dtype}: store float "
+                            "(synthetic) images with 'float:dtype=fp32' (or fp16 / bf16), or quantise them "
+                            "first, e.g. (x * 255).round().clamp(0, 255).to(torch.uint8)")
         x = images.detach().to("cpu").contiguous()
         return Encoded(self.spec, self._encode(x), meta_shape(tuple(x.shape)))
 
@@ -148,14 +157,41 @@ class ZlibCodec(ImageCodec):
         return _bytes_tensor(raw).view(shape)
 
 
+_FLOAT_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass(frozen=True, kw_only=True)
+class FloatCodec(ImageCodec):
+    """Float images as they are, in ``dtype`` (fp32 exact; fp16 / bf16 round to nearest): N*C*H*W*4 (or 2)
+    bytes. For synthetic sets, whose pixels are free parameters rather than 8-bit values."""
+
+    name: ClassVar[str] = "float"
+    PARAMS: ClassVar[tuple[Param, ...]] = (Param(key="dtype", kind="choice", default="fp32",
+                                                 choices=tuple(_FLOAT_DTYPES)),)
+    TENSORS: ClassVar[tuple[str, ...]] = ("values",)
+    stores_float: ClassVar[bool] = True
+    dtype: str = "fp32"
+
+    def __post_init__(self) -> None:
+        if self.dtype not in _FLOAT_DTYPES:
+            raise ValueError(f"float image codec: dtype must be one of {', '.join(_FLOAT_DTYPES)}, "
+                             f"got {self.dtype!r}")
+
+    def _encode(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"values": x.to(_FLOAT_DTYPES[self.dtype]).contiguous()}
+
+    def _decode(self, enc: Encoded, shape: tuple[int, ...]) -> torch.Tensor:
+        return self._expect(enc, "values", _FLOAT_DTYPES[self.dtype], shape).float()
+
+
 IMAGE_CODECS: Registry[type[ImageCodec]] = Registry("image codec")
-for _cls in (RawCodec, PngCodec, ZlibCodec):
+for _cls in (RawCodec, PngCodec, ZlibCodec, FloatCodec):
     IMAGE_CODECS.register(_cls.name, _cls)
 del _cls
 
 
 def image_codec(spec: str) -> ImageCodec:
-    """The image codec named by ``spec``: ``"raw"``, ``"png"`` or ``"zlib"``."""
+    """The image codec named by ``spec``: ``"raw"``, ``"png"``, ``"zlib"``, ``"float:dtype=fp16"``, ..."""
     return build_codec(IMAGE_CODECS, "image codec", spec)  # type: ignore[return-value]
 
 

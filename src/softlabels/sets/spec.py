@@ -21,6 +21,8 @@ from .compressed import CompressedSet
 from .selection import selection as parse_selection
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from ..data.prepared import PreparedData
     from ..experts import Trajectory
     from ..labels.generate import LogitCache
@@ -104,7 +106,7 @@ class SetSpec:
             label=LabelSpec(kind=kind, codec=codec),
             selection="all",
             image_codec=str(cset.manifest.get("image_codec", "raw")),
-            source=f"file:{cset.content_hash()}",
+            source=f"file:{cset.identity_hash()}",
             keep_labels=True,
         )
 
@@ -147,10 +149,13 @@ class SetSpec:
         device: str | torch.device = "cpu",
         cache: LogitCache | None = None,
         given: CompressedSet | None = None,
+        work_dir: str | Path | None = None,
+        on_step=None,
     ) -> CompressedSet:
         """The set, encoded with its codecs (its labels are what a student sees, its bytes are measured).
 
         ``given`` is the user's set for a file source; its content hash must match the source.
+        ``work_dir`` keeps resumable state of learned labels; ``on_step`` sees their meta steps.
         """
         from ..labels.generate import label_images
         from ..labels.transforms import parse_transform
@@ -166,10 +171,11 @@ class SetSpec:
             )
             source_idx = prepared.train_idx[positions]
             images, targets = ds.train_images[source_idx].clone(), prepared.train_targets[positions].clone()
-            labels = label_images(prepared, positions, self.label, experts, device=device, cache=cache)
+            labels = label_images(prepared, positions, self.label, experts, device=device, cache=cache,
+                                  seed=self.image_seed, work_dir=work_dir, on_step=on_step)
             origin: dict[str, Any] = {"source_indices": source_idx.tolist()}
         else:
-            if given is None or given.content_hash() != self.source[5:]:
+            if given is None or given.identity_hash() != self.source[5:]:
                 raise ValueError(f"source {self.source} needs given= the set with that content hash")
             images, targets = given.images.clone(), given.targets.clone()
             labels = (
@@ -210,6 +216,9 @@ class SetSpec:
     def _relabel(self, prepared: PreparedData, images: torch.Tensor, experts, device) -> torch.Tensor:
         from ..labels.generate import expert_logits, soft_labels
 
+        if self.label.kind == "learned":
+            raise ValueError("learned labels are learned for images drawn from the training pool; a file's "
+                             "images keep their labels (keep_labels) or are relabelled by an expert")
         if self.label.kind == "hard":
             raise ValueError(
                 "hard labels of a file's images are its own targets: use keep_labels with a hard "

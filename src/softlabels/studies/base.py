@@ -304,6 +304,36 @@ def cell_stats(res: list[dict]) -> dict[str, Any]:
             "nbytes": None if nbytes is None else int(nbytes)}
 
 
+def paired_gain(res: list[dict], ref: list[dict], key: str = "test_acc") -> dict[str, float]:
+    """``res`` minus ``ref`` paired by student seed (both cells' seeds must match): the mean difference of
+    ``key`` and its 95% confidence interval, as ``gain``, ``gain_lo``, ``gain_hi``."""
+    from ..analysis.stats import paired_ci
+
+    a = {r["config"]["seed"]: r for r in res}
+    b = {r["config"]["seed"]: r for r in ref}
+    if set(a) != set(b):
+        raise ValueError(f"paired cells need the same student seeds, got {sorted(a)} and {sorted(b)}")
+    order = sorted(a)
+    m, lo, hi = paired_ci(metric_of([a[s] for s in order], key), metric_of([b[s] for s in order], key))
+    return {"gain": m, "gain_lo": lo, "gain_hi": hi}
+
+
+def ci_verdict(row: dict) -> str:
+    """"better", "worse" or "tie" from a row's ``gain_lo`` / ``gain_hi`` (a 95% CI excluding zero or not)."""
+    lo, hi = row.get("gain_lo"), row.get("gain_hi")
+    if not (finite(lo) and finite(hi)):
+        return "tie"
+    return "better" if lo > 0 else "worse" if hi < 0 else "tie"
+
+
+def ci_text(row: dict) -> str:
+    """``+1.2 [+0.3, +2.1] pts`` from a row's gain and its CI (fractions of one)."""
+    m, lo, hi = (row.get(k) for k in ("gain", "gain_lo", "gain_hi"))
+    if not finite(m):
+        return "n/a"
+    return f"{100 * m:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}] pts" if finite(lo) else f"{100 * m:+.1f} pts"
+
+
 def argbest(rows: list[dict], key: str = "val_mean") -> dict | None:
     """The row with the largest finite ``key`` (ties: the earliest row); ``None`` if none is finite."""
     best = None
@@ -344,6 +374,8 @@ __all__ = [
     "argbest",
     "base_settings",
     "cell_stats",
+    "ci_text",
+    "ci_verdict",
     "common_options",
     "common_settings",
     "default_seeds",
@@ -360,6 +392,7 @@ __all__ = [
     "list_studies",
     "mean_std",
     "metric_of",
+    "paired_gain",
     "pct",
     "register_study",
     "resolve_preset",
