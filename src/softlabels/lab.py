@@ -17,7 +17,8 @@ from typing import Any
 import torch
 
 from .config import PROTOCOLS, DataSpec, ExpertRecipe, StudentRecipe
-from .data.prepared import PreparedData, prepare_data
+from .data.prepared import PreparedData
+from .data.streaming import prepare
 from .engine.batched import BatchedExecutor, check_stack_setting
 from .engine.evaluation import EvalSets
 from .engine.executors import (
@@ -128,7 +129,7 @@ class Lab:
     @property
     def prepared(self) -> PreparedData:
         if self._prepared is None:
-            self._prepared = prepare_data(self.data, root=self.root, dataset=self.dataset)
+            self._prepared = prepare(self.data, root=self.root, dataset=self.dataset)  # streaming ones too
         return self._prepared
 
     @property
