@@ -305,6 +305,8 @@ def train_stacked(images: Sequence[torch.Tensor], labels: Sequence[torch.Tensor]
                 pred = _predict_plain(stack.load_into(model, s, src), evals, None, amp, recipe)
                 curves[s].append((done, accuracy(pred, evals.test_y)))
     final = None if average is None else dict(zip(params, average.avg, strict=True))
+    if dev.type == "cuda":  # the training time is the device's, not the host's queueing
+        torch.cuda.synchronize(dev)
     share = (time.perf_counter() - t0) / n_st
     out = []
     for s, model in enumerate(models):  # each judged alone, by the serial code path
