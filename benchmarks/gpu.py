@@ -13,7 +13,8 @@ what the pixels show), ConvNet-D3 at width 128, prints per student-epoch:
 (c) a ResNet-18 training step at 224 px (SGD, bf16 autocast where native), images per second;
 (d) for information, the same comparison as (b) on the CPU at IPC 1 (small width, few students).
 
-Every timing is wall-clock around the call with the device synchronised, after a warm-up of the same shape.
+Every timing is wall-clock around the call with the device synchronised, after a warm-up of the same shape;
+per-epoch times are the slope between a short and a long run (fixed costs per student printed apart).
 A section that fails or does not fit in --budget seconds prints ``unmeasured`` with the reason, never a
 number. Runs with torch, numpy and ``PYTHONPATH=src``:
 
@@ -65,9 +66,9 @@ class Sizes:
     cpu_epochs: int = 30
 
 
-SMOKE = Sizes(width=8, ipcs=(1, 2), epochs=((1, 3), (2, 2)), ref_epochs=((1, 2), (2, 2)), stack_ipcs=(1,),
-              stacks=(2, 3), stack_epochs=((1, 3),), resnet_px=32, resnet_batch=2, resnet_steps=2,
-              cpu_width=8, cpu_stack=2, cpu_epochs=2)
+SMOKE = Sizes(width=8, ipcs=(1, 2), epochs=((1, 6), (2, 5)), ref_epochs=((1, 5), (2, 5)), stack_ipcs=(1,),
+              stacks=(2, 3), stack_epochs=((1, 6),), resnet_px=32, resnet_batch=2, resnet_steps=2,
+              cpu_width=8, cpu_stack=2, cpu_epochs=6)
 
 
 def sync(dev: torch.device) -> None:
@@ -121,25 +122,46 @@ def recipe_for(width: int, epochs: int, compile_on: bool) -> StudentRecipe:
                          compile="on" if compile_on else "off")
 
 
-def engine_epoch_s(dev, x, y, *, width: int, epochs: int, compile_on: bool,
-                   engine: Engine) -> tuple[float, float]:
-    """(seconds per student-epoch, warm-up seconds) of the engine's student: a 2-epoch warm-up of the same
-    shape (compiles when ``compile_on``), then a timed ``epochs``-epoch student (training only)."""
-    def run(e: int, seed: int) -> None:
-        train_student(x, y, recipe_for(width, e, compile_on), seed=seed, evals=None, device=dev,
+@dataclass(frozen=True)
+class Timing:
+    """Seconds per epoch (the slope between a short and a long run, so a student's fixed costs -- model
+    init, DataLoader, the final train-accuracy pass -- are not spread over its epochs), those fixed seconds
+    (the intercept) and the warm-up run's seconds (compiles, cuDNN autotuning)."""
+
+    per_epoch: float
+    fixed: float
+    warm: float
+
+
+def per_epoch(run, epochs: int, dev: torch.device) -> Timing:
+    """Time ``run(e)`` (one student, or one stack, of ``e`` epochs): a 2-epoch warm-up, then
+    ``max(1, epochs // 5)`` and ``epochs`` epochs."""
+    if epochs < 2:
+        raise ValueError("need at least 2 timed epochs")
+    warm = timed(lambda: run(2), dev)
+    short = max(1, epochs // 5)
+    t_short, t_long = timed(lambda: run(short), dev), timed(lambda: run(epochs), dev)
+    slope = (t_long - t_short) / (epochs - short)
+    return Timing(slope, t_short - short * slope, warm)
+
+
+def reference_timing(dev, x, y, *, width: int, epochs: int) -> Timing:
+    return per_epoch(lambda e: ref_train_on(dev, x, y, width=width, epochs=e), epochs, dev)
+
+
+def engine_timing(dev, x, y, *, width: int, epochs: int, compile_on: bool, engine: Engine) -> Timing:
+    """The engine's student (training only; compiled when ``compile_on``, the warm-up compiles)."""
+    def run(e: int) -> None:
+        train_student(x, y, recipe_for(width, e, compile_on), seed=0, evals=None, device=dev,
                       compile_model=compile_on, engine=engine)
 
-    warm = timed(lambda: run(2, 99), dev)
-    return timed(lambda: run(epochs, 0), dev) / epochs, warm
+    return per_epoch(run, epochs, dev)
 
 
-def stacked_epoch_s(dev, x, y, *, width: int, epochs: int, n: int) -> tuple[float, float]:
-    """(seconds per stacked epoch of ``n`` students, warm-up seconds), eager."""
-    def run(e: int) -> None:
-        train_stacked([x] * n, [y] * n, recipe_for(width, e, False), seeds=range(n), evals=None, device=dev)
-
-    warm = timed(lambda: run(2), dev)
-    return timed(lambda: run(epochs), dev) / epochs, warm
+def stacked_timing(dev, x, y, *, width: int, epochs: int, n: int) -> Timing:
+    """``n`` students stacked (eager); per_epoch is the stack's, for all ``n``."""
+    return per_epoch(lambda e: train_stacked([x] * n, [y] * n, recipe_for(width, e, False), seeds=range(n),
+                                             evals=None, device=dev), epochs, dev)
 
 
 # ---- (c) ResNet-18 at 224 px --------------------------------------------------------------------------
@@ -194,7 +216,7 @@ def main() -> int:
     ap.add_argument("--cpu-smoke", action="store_true", help="tiny sizes on the CPU (checks the script runs)")
     ap.add_argument("--device", default=None, help="default: cuda (cpu with --cpu-smoke)")
     ap.add_argument("--no-compile", action="store_true", help="the engine's student eager (default compiled)")
-    ap.add_argument("--budget", type=float, default=450.0, help="seconds; later sections are skipped past it")
+    ap.add_argument("--budget", type=float, default=420.0, help="seconds; later sections are skipped past it")
     args = ap.parse_args()
     sz = SMOKE if args.cpu_smoke else Sizes()
     dev = torch.device(args.device or ("cpu" if args.cpu_smoke else "cuda"))
@@ -215,43 +237,46 @@ def main() -> int:
     epochs, ref_epochs, stack_epochs = dict(sz.epochs), dict(sz.ref_epochs), dict(sz.stack_epochs)
 
     print("(a) reference loop vs engine, per student-epoch (CIFAR-10 shape, training only)", flush=True)
-    single: dict[int, float] = {}  # IPC -> the engine's eager s/epoch, for (b)
+    single: dict[int, Timing] = {}  # IPC -> the engine's eager student, for (b)
     for ipc in sz.ipcs:
         def part_a(ipc=ipc) -> None:
             x, y = cifar_like(ipc, dev)
-            e_ref = ref_epochs[ipc]
-            ref_train_on(dev, x, y, width=sz.width, epochs=2)  # warm-up (cuDNN, allocator)
-            rt = timed(lambda: ref_train_on(dev, x, y, width=sz.width, epochs=e_ref), dev) / e_ref
-            ot, warm = engine_epoch_s(dev, x, y, width=sz.width, epochs=epochs[ipc], compile_on=compile_on,
-                                      engine=engine)
-            et = ot
+            ref = reference_timing(dev, x, y, width=sz.width, epochs=ref_epochs[ipc])
+            ours = engine_timing(dev, x, y, width=sz.width, epochs=epochs[ipc], compile_on=compile_on,
+                                 engine=engine)
+            eager = ours
             if compile_on:
-                et, _ = engine_epoch_s(dev, x, y, width=sz.width, epochs=epochs[ipc], compile_on=False,
-                                       engine=engine)
-            single[ipc] = et
-            print(f"  IPC {ipc:3d}: reference {rt * 1e3:8.2f} ms ({e_ref} epochs)   "
-                  f"engine {ot * 1e3:8.2f} ms "
-                  f"({epochs[ipc]} epochs{', compiled' if compile_on else ', eager'})   ratio {rt / ot:6.2f}x"
-                  + (f"   [compile warm-up {warm:.0f} s once per shape; engine eager {et * 1e3:.2f} ms, "
-                     f"ratio {rt / et:.2f}x]" if compile_on else ""), flush=True)
-        rep.section(f"IPC {ipc:3d}", part_a)
+                eager = engine_timing(dev, x, y, width=sz.width, epochs=epochs[ipc], compile_on=False,
+                                      engine=engine)
+            single[ipc] = eager
+            rt, ot = ref.per_epoch, ours.per_epoch
+            extra = "" if not compile_on else (
+                f"; compile warm-up {ours.warm:.0f} s once per shape; engine eager "
+                f"{eager.per_epoch * 1e3:.3f} ms, ratio {rt / eager.per_epoch:.2f}x")
+            print(f"  IPC {ipc:3d}: reference {rt * 1e3:8.3f} ms ({ref_epochs[ipc]} epochs)   engine "
+                  f"{ot * 1e3:8.3f} ms ({epochs[ipc]} epochs, {'compiled' if compile_on else 'eager'})   "
+                  f"ratio {rt / ot:6.2f}x   [fixed per student: reference {ref.fixed:.2f} s, engine "
+                  f"{ours.fixed:.2f} s{extra}]", flush=True)
+        rep.section(f"IPC {ipc:3d}", part_a, need_s=60.0 if compile_on else 0.0)
 
     print("(b) one student at a time vs N stacked (engine, eager; per student-epoch)", flush=True)
     for ipc in sz.stack_ipcs:
         x, y = cifar_like(ipc, dev)
         if ipc not in single:
             def one(ipc=ipc, x=x, y=y) -> None:
-                single[ipc] = engine_epoch_s(dev, x, y, width=sz.width, epochs=stack_epochs[ipc],
-                                             compile_on=False, engine=engine)[0]
+                single[ipc] = engine_timing(dev, x, y, width=sz.width, epochs=stack_epochs[ipc],
+                                            compile_on=False, engine=engine)
             rep.section(f"IPC {ipc:3d} one student", one)
         for n in sz.stacks:
             def part_b(ipc=ipc, n=n, x=x, y=y) -> None:
                 if ipc not in single:
                     raise RuntimeError("the one-student time was not measured")
-                st, _ = stacked_epoch_s(dev, x, y, width=sz.width, epochs=stack_epochs[ipc], n=n)
-                speed = n * single[ipc] / st  # throughput of the stack / throughput of one student
-                print(f"  IPC {ipc:3d} N {n:4d}: one {single[ipc] * 1e3:8.3f} ms   stacked "
-                      f"{st / n * 1e3:8.3f} ms/student ({st * 1e3:.1f} ms per stacked epoch)   throughput "
+                one_t = single[ipc].per_epoch
+                st = stacked_timing(dev, x, y, width=sz.width, epochs=stack_epochs[ipc], n=n)
+                speed = n * one_t / st.per_epoch  # throughput of the stack / throughput of one student
+                print(f"  IPC {ipc:3d} N {n:4d}: one {one_t * 1e3:8.3f} ms   stacked "
+                      f"{st.per_epoch / n * 1e3:8.3f} ms/student ({st.per_epoch * 1e3:.2f} ms per stacked "
+                      f"epoch, {stack_epochs[ipc]} epochs; fixed {st.fixed:.2f} s per stack)   throughput "
                       f"{speed:6.2f}x = {speed / n:4.2f} x N", flush=True)
             rep.section(f"IPC {ipc:3d} N {n:4d}", part_b, need_s=5.0)
 
@@ -269,13 +294,13 @@ def main() -> int:
     def part_d() -> None:
         cpu = torch.device("cpu")
         x, y = cifar_like(1, cpu)
-        one, _ = engine_epoch_s(cpu, x, y, width=sz.cpu_width, epochs=sz.cpu_epochs, compile_on=False,
-                                engine=engine)
-        st, _ = stacked_epoch_s(cpu, x, y, width=sz.cpu_width, epochs=sz.cpu_epochs, n=sz.cpu_stack)
+        one = engine_timing(cpu, x, y, width=sz.cpu_width, epochs=sz.cpu_epochs, compile_on=False,
+                            engine=engine).per_epoch
+        st = stacked_timing(cpu, x, y, width=sz.cpu_width, epochs=sz.cpu_epochs, n=sz.cpu_stack).per_epoch
         speed = sz.cpu_stack * one / st
-        print(f"  one {one * 1e3:8.2f} ms   stacked {st / sz.cpu_stack * 1e3:8.2f} ms/student   throughput "
-              f"{speed:5.2f}x = {speed / sz.cpu_stack:4.2f} x N ({torch.get_num_threads()} threads)",
-              flush=True)
+        print(f"  one {one * 1e3:8.3f} ms   stacked {st / sz.cpu_stack * 1e3:8.3f} ms/student   throughput "
+              f"{speed:5.2f}x = {speed / sz.cpu_stack:4.2f} x N ({sz.cpu_epochs} epochs, "
+              f"{torch.get_num_threads()} threads)", flush=True)
     rep.section("cpu", part_d, need_s=5.0)
     print(f"total {rep.elapsed():.0f} s", flush=True)
     return 1 if rep.failed else 0
