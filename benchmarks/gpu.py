@@ -8,8 +8,9 @@ what the pixels show), ConvNet-D3 at width 128, prints per student-epoch:
     tensors on the device, vs the engine's ``train_student`` (bf16 where native, compiled training graph
     unless --no-compile; the compile warm-up is printed apart, once per shape), at IPC 1 / 10 / 50;
 (b) one student at a time (the engine, eager and as in (a)) vs N students stacked as one vmapped model
-    (softlabels.engine.batched.train_stacked, eager) for N = 8, 32, 100 at IPC 1 and 10: throughput
-    ratio and its fraction of N (the target is >= 0.5 x N for N <= 32);
+    (softlabels.engine.batched.train_stacked, eager; compiled too with --compile-stacks) for N = 8, 32,
+    100 at IPC 1 and 10: throughput ratio and its fraction of N (the target is >= 0.5 x N for N <= 32),
+    also against the compiled one student of (a);
 (c) a ResNet-18 training step at 224 px (SGD, bf16 autocast where native), images per second;
 (d) for information, the same comparison as (b) on the CPU at IPC 1 (small width, few students).
 
@@ -158,10 +159,17 @@ def engine_timing(dev, x, y, *, width: int, epochs: int, compile_on: bool, engin
     return per_epoch(run, epochs, dev)
 
 
-def stacked_timing(dev, x, y, *, width: int, epochs: int, n: int) -> Timing:
-    """``n`` students stacked (eager); per_epoch is the stack's, for all ``n``."""
-    return per_epoch(lambda e: train_stacked([x] * n, [y] * n, recipe_for(width, e, False), seeds=range(n),
-                                             evals=None, device=dev), epochs, dev)
+def stacked_timing(dev, x, y, *, width: int, epochs: int, n: int, compile_on: bool = False,
+                   graphs: dict | None = None) -> Timing:
+    """``n`` students stacked (eager, or compiled: the warm-up compiles, ``graphs`` keeps the graph);
+    per_epoch is the stack's, for all ``n``."""
+    graphs = {} if graphs is None else graphs
+
+    def run(e: int) -> None:
+        train_stacked([x] * n, [y] * n, recipe_for(width, e, compile_on), seeds=range(n), evals=None,
+                      device=dev, compile_model=compile_on, graphs=graphs)
+
+    return per_epoch(run, epochs, dev)
 
 
 # ---- (c) ResNet-18 at 224 px --------------------------------------------------------------------------
@@ -216,6 +224,8 @@ def main() -> int:
     ap.add_argument("--cpu-smoke", action="store_true", help="tiny sizes on the CPU (checks the script runs)")
     ap.add_argument("--device", default=None, help="default: cuda (cpu with --cpu-smoke)")
     ap.add_argument("--no-compile", action="store_true", help="the engine's student eager (default compiled)")
+    ap.add_argument("--compile-stacks", action="store_true",
+                    help="also time compiled stacks in (b) (one compile per stack size: minutes on a GPU)")
     ap.add_argument("--budget", type=float, default=420.0, help="seconds; later sections are skipped past it")
     args = ap.parse_args()
     sz = SMOKE if args.cpu_smoke else Sizes()
@@ -238,6 +248,7 @@ def main() -> int:
 
     print("(a) reference loop vs engine, per student-epoch (CIFAR-10 shape, training only)", flush=True)
     single: dict[int, Timing] = {}  # IPC -> the engine's eager student, for (b)
+    single_compiled: dict[int, Timing] = {}  # and compiled, where (a) compiled
     for ipc in sz.ipcs:
         def part_a(ipc=ipc) -> None:
             x, y = cifar_like(ipc, dev)
@@ -249,6 +260,8 @@ def main() -> int:
                 eager = engine_timing(dev, x, y, width=sz.width, epochs=epochs[ipc], compile_on=False,
                                       engine=engine)
             single[ipc] = eager
+            if compile_on:
+                single_compiled[ipc] = ours
             rt, ot = ref.per_epoch, ours.per_epoch
             extra = "" if not compile_on else (
                 f"; compile warm-up {ours.warm:.0f} s once per shape; engine eager "
@@ -259,7 +272,9 @@ def main() -> int:
                   f"{ours.fixed:.2f} s{extra}]", flush=True)
         rep.section(f"IPC {ipc:3d}", part_a, need_s=60.0 if compile_on else 0.0)
 
-    print("(b) one student at a time vs N stacked (engine, eager; per student-epoch)", flush=True)
+    also = "; and compiled" if args.compile_stacks else ""
+    print(f"(b) one student at a time vs N stacked (engine, eager{also}; per student-epoch)", flush=True)
+    graphs: dict = {}  # compiled stacked steps, one per stack size and shape
     for ipc in sz.stack_ipcs:
         x, y = cifar_like(ipc, dev)
         if ipc not in single:
@@ -274,11 +289,25 @@ def main() -> int:
                 one_t = single[ipc].per_epoch
                 st = stacked_timing(dev, x, y, width=sz.width, epochs=stack_epochs[ipc], n=n)
                 speed = n * one_t / st.per_epoch  # throughput of the stack / throughput of one student
+                vs = "" if ipc not in single_compiled else (
+                    f"   [vs the compiled one {single_compiled[ipc].per_epoch * 1e3:.3f} ms: "
+                    f"{single_compiled[ipc].per_epoch / st.per_epoch:4.2f} x N]")
                 print(f"  IPC {ipc:3d} N {n:4d}: one {one_t * 1e3:8.3f} ms   stacked "
                       f"{st.per_epoch / n * 1e3:8.3f} ms/student ({st.per_epoch * 1e3:.2f} ms per stacked "
                       f"epoch, {stack_epochs[ipc]} epochs; fixed {st.fixed:.2f} s per stack)   throughput "
-                      f"{speed:6.2f}x = {speed / n:4.2f} x N", flush=True)
+                      f"{speed:6.2f}x = {speed / n:4.2f} x N{vs}", flush=True)
             rep.section(f"IPC {ipc:3d} N {n:4d}", part_b, need_s=5.0)
+            if args.compile_stacks:
+                def part_bc(ipc=ipc, n=n, x=x, y=y) -> None:
+                    if ipc not in single:
+                        raise RuntimeError("the one-student time was not measured")
+                    st = stacked_timing(dev, x, y, width=sz.width, epochs=stack_epochs[ipc], n=n,
+                                        compile_on=True, graphs=graphs)
+                    speed = n * single[ipc].per_epoch / st.per_epoch
+                    print(f"  IPC {ipc:3d} N {n:4d} compiled stack: {st.per_epoch / n * 1e3:8.3f} ms/student "
+                          f"(compile warm-up {st.warm:.0f} s)   throughput vs the eager one {speed:6.2f}x = "
+                          f"{speed / n:4.2f} x N", flush=True)
+                rep.section(f"IPC {ipc:3d} N {n:4d} compiled stack", part_bc, need_s=60.0)
 
     print(f"(c) ResNet-18 training step at {sz.resnet_px} px, batch {sz.resnet_batch}", flush=True)
 
