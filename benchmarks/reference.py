@@ -23,36 +23,42 @@ from softlabels.models import init_model
 
 
 def ref_dsa(x: torch.Tensor) -> torch.Tensor:
-    """The reference DiffAugment 'S' mode: one family per batch, parameters from the global RNG."""
+    """The reference DiffAugment 'S' mode: one family per batch, parameters from the global RNG.
+
+    Random draws are where the reference makes them: on the images' device, except the scale and rotate
+    parameters (drawn on the CPU, the grid moved to the device), so on a GPU it runs as the official code."""
+    dev = x.device
     fam = ["color", "crop", "cutout", "flip", "scale", "rotate"][int(torch.randint(6, (1,)))]
     n, _, h, w = x.shape
     if fam == "color":
-        x = x + (torch.rand(n, 1, 1, 1) - 0.5)
+        x = x + (torch.rand(n, 1, 1, 1, device=dev) - 0.5)
         m = x.mean(dim=1, keepdim=True)
-        x = (x - m) * (torch.rand(n, 1, 1, 1) * 2.0) + m
+        x = (x - m) * (torch.rand(n, 1, 1, 1, device=dev) * 2.0) + m
         m = x.mean(dim=[1, 2, 3], keepdim=True)
-        return (x - m) * (torch.rand(n, 1, 1, 1) + 0.5) + m
+        return (x - m) * (torch.rand(n, 1, 1, 1, device=dev) + 0.5) + m
     if fam == "crop":
         sh, sw = int(h * 0.125 + 0.5), int(w * 0.125 + 0.5)
-        tx = torch.randint(-sh, sh + 1, size=[n, 1, 1])
-        ty = torch.randint(-sw, sw + 1, size=[n, 1, 1])
-        gb, gx, gy = torch.meshgrid(torch.arange(n), torch.arange(h), torch.arange(w), indexing="ij")
+        tx = torch.randint(-sh, sh + 1, size=[n, 1, 1], device=dev)
+        ty = torch.randint(-sw, sw + 1, size=[n, 1, 1], device=dev)
+        gb, gx, gy = torch.meshgrid(torch.arange(n, device=dev), torch.arange(h, device=dev),
+                                    torch.arange(w, device=dev), indexing="ij")
         gx = torch.clamp(gx + tx + 1, 0, h + 1)
         gy = torch.clamp(gy + ty + 1, 0, w + 1)
         xp = F.pad(x, [1, 1, 1, 1, 0, 0, 0, 0])
         return xp.permute(0, 2, 3, 1).contiguous()[gb, gx, gy].permute(0, 3, 1, 2)
     if fam == "cutout":
         ch, cw = int(h * 0.5 + 0.5), int(w * 0.5 + 0.5)
-        ox = torch.randint(0, h + (1 - ch % 2), size=[n, 1, 1])
-        oy = torch.randint(0, w + (1 - cw % 2), size=[n, 1, 1])
-        gb, gx, gy = torch.meshgrid(torch.arange(n), torch.arange(ch), torch.arange(cw), indexing="ij")
+        ox = torch.randint(0, h + (1 - ch % 2), size=[n, 1, 1], device=dev)
+        oy = torch.randint(0, w + (1 - cw % 2), size=[n, 1, 1], device=dev)
+        gb, gx, gy = torch.meshgrid(torch.arange(n, device=dev), torch.arange(ch, device=dev),
+                                    torch.arange(cw, device=dev), indexing="ij")
         gx = torch.clamp(gx + ox - ch // 2, min=0, max=h - 1)
         gy = torch.clamp(gy + oy - cw // 2, min=0, max=w - 1)
-        mask = torch.ones(n, h, w)
+        mask = torch.ones(n, h, w, device=dev)
         mask[gb, gx, gy] = 0
         return x * mask.unsqueeze(1)
     if fam == "flip":
-        r = torch.rand(n, 1, 1, 1)
+        r = torch.rand(n, 1, 1, 1, device=dev)
         return torch.where(r < 0.5, x.flip(3), x)
     if fam == "scale":
         sx = torch.rand(n) * (1.2 - 1 / 1.2) + 1 / 1.2
@@ -65,7 +71,7 @@ def ref_dsa(x: torch.Tensor) -> torch.Tensor:
             [[torch.cos(t[i]), torch.sin(-t[i]), 0], [torch.sin(t[i]), torch.cos(t[i]), 0]] for i in range(n)
         ]
         theta = torch.tensor(theta, dtype=torch.float)
-    grid = F.affine_grid(theta, x.shape, align_corners=True)
+    grid = F.affine_grid(theta, x.shape, align_corners=True).to(dev)
     return F.grid_sample(x, grid, align_corners=True)
 
 

@@ -17,7 +17,9 @@ from typing import Any
 import torch
 
 from .config import PROTOCOLS, DataSpec, ExpertRecipe, StudentRecipe
-from .data.prepared import PreparedData, prepare_data
+from .data.prepared import PreparedData
+from .data.streaming import prepare
+from .engine.batched import BatchedExecutor, check_stack_setting
 from .engine.evaluation import EvalSets
 from .engine.executors import (
     PARALLEL_MAX_BATCH,
@@ -88,11 +90,16 @@ class Lab:
     ``workers`` is where students train: ``"auto"`` (parallel processes only where measured to pay), a
     number of local processes, ``"ray"``, or an executor object (``run(jobs, on_result, on_epoch=)`` and
     ``close()``, see :mod:`softlabels.engine.executors`).
+
+    ``batch_students`` stacks students of one shape into one model (:mod:`softlabels.engine.batched`):
+    ``"auto"`` on CUDA only, a number of students per stack on any device, or ``"off"``. Like ``workers``,
+    it says where students train, not how: results equal the one-at-a-time students' within the stated
+    float tolerance, and it is not part of any run key.
     """
 
     def __init__(self, out_dir: str | Path, *, data: DataSpec | None = None, device: str = "cpu",
                  root: str | Path | None = None, dataset=None, progress: bool = True,
-                 workers: int | str | Any = "auto") -> None:
+                 workers: int | str | Any = "auto", batch_students: int | str = "auto") -> None:
         self.out_dir = Path(out_dir)
         self.data = data if data is not None else DataSpec()
         if not isinstance(self.data, DataSpec):
@@ -102,6 +109,11 @@ class Lab:
         self.workers = workers if hasattr(workers, "run") else check_workers(workers)
         if not hasattr(workers, "run"):
             check_workers_device(self.workers, self.device)
+        self.batch_students = check_stack_setting(batch_students)
+        if isinstance(self.batch_students, int) and self.batch_students > 1 and (
+                self.workers == "ray" or (isinstance(self.workers, int) and self.workers > 1)):
+            raise ValueError(f"workers={self.workers!r} trains students one per process or task, while "
+                             "batch_students stacks them in this process: choose one")
         self.engine = Engine()  # compiled graphs of the students trained in this process
         self.logits = LogitCache()  # expert logits of pool images, shared by the sets built here
         self._prepared: PreparedData | None = None
@@ -111,13 +123,13 @@ class Lab:
 
     def __repr__(self) -> str:
         return (f"Lab({str(self.out_dir)!r}, data={self.data!r}, device={self.device!r}, "
-                f"workers={self.workers!r})")
+                f"workers={self.workers!r}, batch_students={self.batch_students!r})")
 
     # ---- lazily built parts -------------------------------------------------------------------------
     @property
     def prepared(self) -> PreparedData:
         if self._prepared is None:
-            self._prepared = prepare_data(self.data, root=self.root, dataset=self.dataset)
+            self._prepared = prepare(self.data, root=self.root, dataset=self.dataset)  # streaming ones too
         return self._prepared
 
     @property
@@ -289,6 +301,8 @@ class Lab:
         Students with small batches may train in parallel (where that pays, see softlabels.engine.executors);
         like the compile choice, the decision weighs every seed of the cells, not what is left, so a resumed
         sweep trains on the same thread counts as an uninterrupted one."""
+        if self._stacking():  # stacked students train in this process, where the choice of workers is moot
+            return [(self._executor("stacked"), jobs)], 1
         batch = [min(c.student.batch_size, self._cell_images(c)) for c in cells]
         small = {i for i in range(len(cells)) if batch[i] <= PARALLEL_MAX_BATCH}
         workers = resolve_workers(
@@ -319,11 +333,21 @@ class Lab:
                         "wall_s": rec.wall_s, "cached": True})
         return out, todo
 
+    def _stacking(self) -> bool:
+        """Whether students may be stacked: an explicit size, or ``auto`` on CUDA (off on CPU, where the
+        default must not change)."""
+        s = self.batch_students
+        return s != "off" and (s != "auto" or torch.device(self.device).type == "cuda")
+
     def _executor(self, workers: int | str):
         if workers not in self._executors:
-            self._executors[workers] = make_executor(
-                workers, self.evals, device=self.device, engine=self.engine
-            )
+            if workers == "stacked":
+                self._executors[workers] = BatchedExecutor(self.evals, device=self.device, engine=self.engine,
+                                                           setting=self.batch_students)
+            else:
+                self._executors[workers] = make_executor(
+                    workers, self.evals, device=self.device, engine=self.engine
+                )
         return self._executors[workers]
 
     def close(self) -> None:

@@ -1,7 +1,9 @@
 """Image folders: the generic ImageNet layout (``imagefolder``) and Tiny ImageNet (``tiny-imagenet``).
 
 Images are decoded with PIL on a thread pool, converted to RGB (or L), resized shorter-side + centre-cropped
-to ``resolution`` and stacked into uint8 (N, C, H, W). Class order is the sorted folder names.
+to ``resolution`` and stacked into uint8 (N, C, H, W). Class order is the sorted folder names. With
+``stream=True`` only the file list and targets are read: images are decoded when they are indexed
+(:mod:`softlabels.data.streaming`), by the same decoder, so they are the same pixels.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +21,7 @@ from PIL import Image
 from ..validation import CorruptFileError, DataNotFoundError, check_positive_int
 from .base import ImageDataset, register_dataset
 from .fashion_mnist import default_search_dirs
+from .streaming import LazyImages, StreamingImageDataset
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -129,7 +133,10 @@ def _check_options(resolution: int | None, max_per_class: int | None) -> None:
 
 def _build(name: str, source: Path, train: tuple[list[Path], list[int]], test: tuple[list[Path], list[int]],
            classes: tuple[str, ...], *, resolution: int | None, grayscale: bool,
-           num_workers: int | None) -> ImageDataset:
+           num_workers: int | None, stream: bool = False) -> ImageDataset:
+    if stream:
+        return _build_stream(name, source, train, test, classes, resolution=resolution, grayscale=grayscale,
+                             num_workers=num_workers)
     xtr = load_images(train[0], resolution=resolution, grayscale=grayscale, num_workers=num_workers)
     xte = load_images(test[0], resolution=resolution, grayscale=grayscale, num_workers=num_workers)
     if resolution is None and xtr.shape[2:] != xte.shape[2:]:
@@ -140,11 +147,24 @@ def _build(name: str, source: Path, train: tuple[list[Path], list[int]], test: t
                         torch.tensor(test[1], dtype=torch.int64), classes, mean, std, source=str(source))
 
 
+def _build_stream(name: str, source: Path, train, test, classes, *, resolution: int | None, grayscale: bool,
+                  num_workers: int | None) -> StreamingImageDataset:
+    decode = partial(load_images, resolution=resolution, grayscale=grayscale, num_workers=num_workers)
+    # without a resolution every image must have the first one's size (checked as each is decoded)
+    shape = tuple(decode(train[0][:1]).shape[1:])
+    mean, std = (IMAGENET_GRAY_MEAN, IMAGENET_GRAY_STD) if grayscale else (IMAGENET_MEAN, IMAGENET_STD)
+    return StreamingImageDataset(
+        name, LazyImages(train[0], decode, shape), torch.tensor(train[1], dtype=torch.int64),
+        LazyImages(test[0], decode, shape), torch.tensor(test[1], dtype=torch.int64), classes, mean, std,
+        source=str(source), options={"resolution": resolution, "grayscale": grayscale})
+
+
 @register_dataset("imagefolder", help="Your own images: root/train/<class>/*.jpg and root/val/<class>/*.jpg.")
 def load_imagefolder(*, root: str | os.PathLike | None = None, resolution: int | None = None,
                      grayscale: bool = False, max_per_class: int | None = None,
-                     num_workers: int | None = None) -> ImageDataset:
-    """ImageNet-style folders; ``resolution`` resizes (required when image sizes differ)."""
+                     num_workers: int | None = None, stream: bool = False) -> ImageDataset:
+    """ImageNet-style folders; ``resolution`` resizes (required when image sizes differ); ``stream``
+    decodes images only when they are read."""
     _check_options(resolution, max_per_class)
     if root is None:
         raise DataNotFoundError(f"imagefolder needs root= pointing at a folder laid out as {_FOLDER_LAYOUT}")
@@ -162,7 +182,7 @@ def load_imagefolder(*, root: str | os.PathLike | None = None, resolution: int |
                         strict=True)
     test = _class_tree(test_dir, classes, max_per_class=max_per_class, layout=_FOLDER_LAYOUT, strict=False)
     return _build("imagefolder", base, train, test, tuple(classes), resolution=resolution,
-                  grayscale=grayscale, num_workers=num_workers)
+                  grayscale=grayscale, num_workers=num_workers, stream=stream)
 
 
 def _tiny_root(root: str | os.PathLike | None) -> Path:
@@ -225,8 +245,9 @@ def _tiny_names(words: Path, wnids: list[str]) -> tuple[str, ...]:
 @register_dataset("tiny-imagenet", help="Tiny ImageNet (200 classes, 64x64); val split used as test.")
 def load_tiny_imagenet(*, root: str | os.PathLike | None = None, resolution: int | None = 64,
                        grayscale: bool = False, max_per_class: int | None = None,
-                       num_workers: int | None = None) -> ImageDataset:
-    """Tiny ImageNet from ``tiny-imagenet-200`` (``root``: it or its parent); val is the test split."""
+                       num_workers: int | None = None, stream: bool = False) -> ImageDataset:
+    """Tiny ImageNet from ``tiny-imagenet-200`` (``root``: it or its parent); val is the test split;
+    ``stream`` decodes images only when they are read."""
     _check_options(resolution, max_per_class)
     base = _tiny_root(root)
     classes = _subdirs(base / "train")
@@ -240,4 +261,4 @@ def load_tiny_imagenet(*, root: str | os.PathLike | None = None, resolution: int
     else:
         test = _class_tree(val, classes, max_per_class=max_per_class, layout=_TINY_LAYOUT, strict=False)
     return _build("tiny-imagenet", base, train, test, _tiny_names(base / "words.txt", classes),
-                  resolution=resolution, grayscale=grayscale, num_workers=num_workers)
+                  resolution=resolution, grayscale=grayscale, num_workers=num_workers, stream=stream)
