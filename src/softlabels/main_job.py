@@ -56,10 +56,12 @@ def sweep_candidates(preset: Preset, expert: Trajectory) -> tuple[list[int], lis
     validation (else test) accuracy is near chance: labels from an expert that has learned nothing are
     uniform noise, and a tie between such candidates must not pick one. Returns (candidates, warnings)."""
     avail = expert.epochs_done
-    wanted = sorted({e for e in preset.sweep_epochs if 0 < e <= avail} or {avail})
+    have = set(expert.epochs)
+    wanted = sorted({e for e in preset.sweep_epochs if e > 0 and e in have} or {avail})
     classes = int(expert.manifest["num_classes"])
     acc = {int(h["epoch"]): h.get("val_acc", h.get("test_acc")) for h in expert.history()}
-    learned = [e for e in wanted if not near_chance(float(acc.get(e, float("nan")) or float("nan")), classes)]
+    # an external expert loaded without evaluation has no accuracies: every candidate is kept
+    learned = [e for e in wanted if acc.get(e) is None or not near_chance(float(acc[e]), classes)]
     if learned:
         dropped = sorted(set(wanted) - set(learned))
         note = [f"expert epochs {dropped} were left out of the sweep: the expert was near chance there"] \
@@ -87,9 +89,10 @@ def choose_expert_epochs(lab: Lab, preset: Preset, expert: Trajectory, *,
     ipc_list = list(preset.ipcs if ipcs is None else ipcs)
     fixed = {ipc: e for ipc in ipc_list if (e := preset.fixed_expert_epoch(ipc)) is not None}
     for ipc, e in fixed.items():
-        if e > expert.epochs_done:
+        if e not in expert.epochs:
             raise ValueError(f"preset {preset.name!r} fixes expert epoch {e} at IPC {ipc}, but expert "
-                             f"{expert.key} has epochs 0..{expert.epochs_done}: train it longer")
+                             f"{expert.key} has epochs {expert.epochs[0]}..{expert.epochs_done}: train it "
+                             "longer or load that checkpoint")
     swept = [ipc for ipc in ipc_list if ipc not in fixed]
     candidates, warnings = sweep_candidates(preset, expert) if swept else ([], [])
     grid = [(ipc, e) for ipc in swept for e in candidates]
@@ -316,7 +319,7 @@ def write_baseline_report(result: BaselineResult, out_dir: Path, *, dataset: str
     ]
     for h in result.expert_history:
         lines.append(f"| {h['epoch']} | {h.get('step', '')} | {100 * h.get('val_acc', float('nan')):.1f} | "
-                     f"{100 * h['test_acc']:.1f} |")
+                     f"{100 * h.get('test_acc', float('nan')):.1f} |")
     lines += ["", "## Settings", "", f"- expert: `{result.expert}`", f"- student: `{result.student}`", "",
               "![accuracy vs IPC](baseline.png)", ""]
     md = atomic_write_text(out_dir / "report.md", "\n".join(lines))
