@@ -174,3 +174,20 @@ def test_run_baseline_with_an_evaluated_external_expert(tiny_lab, tiny_data_spec
     res = run_baseline(tiny_lab, preset, experts=traj, report=True)
     assert res.chosen[1] == 2 and res.chosen[2] in (1, 3) and set(res.expert_keys.values()) == {traj.key}
     assert res.report.exists()
+
+
+def test_cli_distill_and_run_with_an_expert_dir(tmp_path, capsys):
+    from softlabels.cli import main
+    from softlabels.sets.compressed import CompressedSet
+
+    folder = _safetensors_folder(tmp_path / "ext", _states(3))
+    out = tmp_path / "out"
+    common = ["--dataset", "synthetic", "--preset", "smoke", "--out", str(out), "--quiet"]
+    ext = ["--expert-dir", str(folder), "--expert-model", "convnet-d3", "--expert-width", "8"]
+    assert main(["distill", *common, "--ipc", "2", "--expert-epoch", "2", *ext,
+                 "-o", str(tmp_path / "set.safetensors")]) == 0
+    cset = CompressedSet.load(tmp_path / "set.safetensors")
+    assert len(cset) == 8 and cset.labels.shape == (8, 4)
+    assert main(["distill", *common, "--ipc", "2", "--expert-epoch", "2", "--expert-dir", str(folder),
+                 "-o", str(tmp_path / "other.safetensors")]) == 2
+    assert "--expert-model" in capsys.readouterr().err
