@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .config import ExpertRecipe
+from .experts import Trajectory
 from .lab import Lab
 from .sets.compressed import CompressedSet
 from .sets.spec import SetSpec
@@ -12,10 +13,11 @@ from .sets.spec import SetSpec
 __all__ = ["distill"]
 
 
-def distill(lab: Lab, spec: SetSpec, *, expert: ExpertRecipe | None = None, output: str | Path | None = None,
-            overwrite: bool = False) -> CompressedSet:
+def distill(lab: Lab, spec: SetSpec, *, expert: ExpertRecipe | Trajectory | None = None,
+            output: str | Path | None = None, overwrite: bool = False) -> CompressedSet:
     """The set ``spec`` names on ``lab``'s data, labelled by the experts of ``expert`` (trained or reused:
-    ``label.ensemble`` of them, seeds ``expert.seed``, ``+1``, ...), saved to ``output`` if given.
+    ``label.ensemble`` of them, seeds ``expert.seed``, ``+1``, ...), or by the given trajectory (e.g. one
+    made elsewhere, :func:`softlabels.experts_external.load_external_trajectory`), saved to ``output``.
 
     The output must be a ``.safetensors`` file; an existing one is replaced only with ``overwrite``.
     """
@@ -33,7 +35,9 @@ def distill(lab: Lab, spec: SetSpec, *, expert: ExpertRecipe | None = None, outp
     n = spec.label.ensemble if spec.label.kind == "soft" else 0
     if n and expert is None:
         raise ValueError("soft labels need an expert recipe (expert=ExpertRecipe(...), or the preset's)")
-    experts = lab.experts(expert, n) if n else []
+    if isinstance(expert, Trajectory) and n > 1:  # one given expert (e.g. loaded from elsewhere)
+        raise ValueError(f"an ensemble of {n} needs {n} experts; a given trajectory is one: use ensemble=1")
+    experts = ([expert] if isinstance(expert, Trajectory) else lab.experts(expert, n)) if n else []
     cset = lab.build_set(spec, experts=experts)
     if output is not None:
         cset.save(output, overwrite=overwrite)

@@ -14,7 +14,6 @@ dies releases it).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import sys
 import time
 import warnings
@@ -26,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .checkpoints import check_external_files, file_sha256, read_external_checkpoint
 from .config import ExpertRecipe
 from .data.prepared import PreparedData
 from .engine.evaluation import accuracy, predict
@@ -47,14 +47,6 @@ def expert_key(recipe: ExpertRecipe, prepared: PreparedData) -> str:
                         "zca": bool(prepared.spec.zca), "kind": "expert"})
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 @dataclass
 class Trajectory:
     """A trained (or partially trained) expert on disk; checkpoint k is "expert epoch" k."""
@@ -73,6 +65,8 @@ class Trajectory:
         if manifest.get("format") != FORMAT:
             raise CorruptFileError(f"{path} holds an expert of another format ({manifest.get('format')!r}); "
                                    "delete the folder to train it again")
+        if manifest["recipe"].get("kind") == "external":
+            check_external_files(manifest)  # every checkpoint file still there, unchanged in size
         return cls(path, manifest)
 
     @property
@@ -80,13 +74,26 @@ class Trajectory:
         return self.manifest["key"]
 
     @property
+    def external(self) -> bool:
+        """Made elsewhere and loaded from a folder of checkpoints (``experts_external``), not trained here."""
+        return self.manifest["recipe"].get("kind") == "external"
+
+    @property
     def recipe(self) -> ExpertRecipe:
+        if self.external:
+            raise ValueError(f"expert {self.key} was made elsewhere ({self.manifest['recipe']['source']}): "
+                             "it has no ExpertRecipe; see manifest['recipe']")
         return ExpertRecipe.from_dict(self.manifest["recipe"])
 
     @property
+    def epochs(self) -> tuple[int, ...]:
+        """The expert epochs it has checkpoints of (0, 1, ..., epochs_done for one trained here)."""
+        return tuple(int(c.get("epoch", i)) for i, c in enumerate(self.manifest["checkpoints"]))
+
+    @property
     def epochs_done(self) -> int:
-        """The index of the last checkpoint (the number of checkpoints after the initial weights)."""
-        return len(self.manifest["checkpoints"]) - 1
+        """The last expert epoch (for one trained here: the number of checkpoints after the initial ones)."""
+        return self.epochs[-1]
 
     @property
     def steps_done(self) -> int:
@@ -98,22 +105,31 @@ class Trajectory:
 
     def history(self) -> list[dict]:
         """Per checkpoint: epoch (its index), step, passes (images seen / pool size), train_acc, val_acc,
-        test_acc, loss, wall_s."""
+        test_acc, loss, wall_s (an external expert's: epoch, and the accuracies if it was evaluated)."""
         return list(self.manifest["history"])
 
     def checkpoint_step(self, epoch: int) -> int:
-        return int(self.manifest["checkpoints"][self._check(epoch)]["step"])
+        return int(self._entry(epoch)["step"])
 
     def checkpoint_path(self, epoch: int) -> Path:
-        return self.path / self.manifest["checkpoints"][self._check(epoch)]["file"]
+        return self.path / self._entry(epoch)["file"]  # an external expert's files are absolute paths
 
-    def _check(self, epoch: int) -> int:
-        if not 0 <= epoch <= self.epochs_done:
-            raise ValueError(f"expert {self.key} has epochs 0..{self.epochs_done}; epoch {epoch} is not "
-                             "available (train it longer)")
-        return epoch
+    def _entry(self, epoch: int) -> dict:
+        ckpts = self.manifest["checkpoints"]
+        if "epoch" not in ckpts[0]:  # trained here: checkpoint k is epoch k
+            if not 0 <= epoch <= self.epochs_done:
+                raise ValueError(f"expert {self.key} has epochs 0..{self.epochs_done}; epoch {epoch} is not "
+                                 "available (train it longer)")
+            return ckpts[epoch]
+        for c in ckpts:
+            if int(c["epoch"]) == epoch:
+                return c
+        raise ValueError(f"expert {self.key} has checkpoints of epochs {_ranges(self.epochs)}; epoch {epoch} "
+                         "is not among them")
 
     def state_dict(self, epoch: int) -> dict[str, torch.Tensor]:
+        if self.external:
+            return read_external_checkpoint(self._entry(epoch))
         tensors, meta = load_tensors(self.checkpoint_path(epoch))
         if meta.get("expert", self.key) != self.key:
             raise CorruptFileError(f"{self.checkpoint_path(epoch)} belongs to expert {meta.get('expert')}, "
@@ -122,13 +138,24 @@ class Trajectory:
 
     def model(self, epoch: int, *, device: str | torch.device = "cpu") -> nn.Module:
         m = self.manifest
-        r = self.recipe
-        net = init_model(r.model, r.width, seed=r.seed, in_channels=m["in_channels"],
-                         num_classes=m["num_classes"], image_size=tuple(m["image_size"]),
-                         device=torch.device(device))
+        arch = m["recipe"]  # the model and width: an ExpertRecipe's, or an external expert's
+        net = init_model(arch["model"], arch.get("width"), seed=int(arch.get("seed", 0)),
+                         in_channels=m["in_channels"], num_classes=m["num_classes"],
+                         image_size=tuple(m["image_size"]), device=torch.device(device))
         net.load_state_dict(self.state_dict(epoch))
         net.eval()
         return net
+
+
+def _ranges(epochs: tuple[int, ...]) -> str:
+    """``(0, 1, 2, 5)`` -> ``0-2, 5``: a short list of available epochs for messages."""
+    parts: list[str] = []
+    for i, e in enumerate(epochs):
+        if i and e == epochs[i - 1] + 1:
+            parts[-1] = f"{parts[-1].split('-')[0]}-{e}"
+        else:
+            parts.append(str(e))
+    return ", ".join(parts)
 
 
 @contextlib.contextmanager

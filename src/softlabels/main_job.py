@@ -10,12 +10,12 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .analysis.stats import mean_std, paired_ci
-from .config import LabelSpec, describe_protocol
+from .config import ExpertRecipe, LabelSpec, describe_protocol
 from .experts import Trajectory
 from .lab import CellSpec, Lab
 from .presets import Preset
@@ -34,13 +34,15 @@ def sweep_image_seed(ipc: int) -> int:
 
 @dataclass(frozen=True, kw_only=True)
 class EpochChoice:
-    """Validation accuracy of one short student per candidate expert epoch (``sweep[ipc][epoch]``), the epoch
-    chosen per IPC, and ``warnings`` a user must see (a chance-level expert, near-uniform labels)."""
+    """Validation accuracy of one short student per candidate expert epoch (``sweep[ipc][epoch]``, swept IPCs
+    only), the epoch chosen per IPC, and ``warnings`` a user must see (a chance-level expert, near-uniform
+    labels)."""
 
     sweep: dict[int, dict[int, float]]
     chosen: dict[int, int]
     candidates: tuple[int, ...]
     warnings: tuple[str, ...] = ()
+    fixed: tuple[int, ...] = ()  # the IPCs whose epoch the preset fixes (not swept, absent from ``sweep``)
 
 
 def near_chance(acc: float, num_classes: int) -> bool:
@@ -54,10 +56,12 @@ def sweep_candidates(preset: Preset, expert: Trajectory) -> tuple[list[int], lis
     validation (else test) accuracy is near chance: labels from an expert that has learned nothing are
     uniform noise, and a tie between such candidates must not pick one. Returns (candidates, warnings)."""
     avail = expert.epochs_done
-    wanted = sorted({e for e in preset.sweep_epochs if 0 < e <= avail} or {avail})
+    have = set(expert.epochs)
+    wanted = sorted({e for e in preset.sweep_epochs if e > 0 and e in have} or {avail})
     classes = int(expert.manifest["num_classes"])
     acc = {int(h["epoch"]): h.get("val_acc", h.get("test_acc")) for h in expert.history()}
-    learned = [e for e in wanted if not near_chance(float(acc.get(e, float("nan")) or float("nan")), classes)]
+    # an external expert loaded without evaluation has no accuracies: every candidate is kept
+    learned = [e for e in wanted if acc.get(e) is None or not near_chance(float(acc[e]), classes)]
     if learned:
         dropped = sorted(set(wanted) - set(learned))
         note = [f"expert epochs {dropped} were left out of the sweep: the expert was near chance there"] \
@@ -73,23 +77,32 @@ def sweep_candidates(preset: Preset, expert: Trajectory) -> tuple[list[int], lis
 
 def choose_expert_epochs(lab: Lab, preset: Preset, expert: Trajectory, *,
                          ipcs: Sequence[int] | None = None) -> EpochChoice:
-    """The one expert-epoch chooser: per IPC, one short student (``preset.sweep_student_for``) per candidate
-    epoch (:func:`sweep_candidates`) on random images (image seed :func:`sweep_image_seed`), scored on
-    validation accuracy; a tie goes to the candidate whose expert is more accurate on validation.
+    """The one expert-epoch chooser: per IPC, the preset's fixed epoch where it has one
+    (``Preset.expert_epoch_by_ipc``: the paper's presets take Table 7's epochs, no sweep), else one short
+    student (``preset.sweep_student_for``) per candidate epoch (:func:`sweep_candidates`) on random images
+    (image seed :func:`sweep_image_seed`), scored on validation accuracy; a tie goes to the candidate whose
+    expert is more accurate on validation.
 
     Every caller (the main job, every study, ``budget --fill``) shares these runs through the store (study
     ``baseline-sweep``), so a study after ``softlabels run`` trains none of them again.
     """
     ipc_list = list(preset.ipcs if ipcs is None else ipcs)
-    candidates, warnings = sweep_candidates(preset, expert)
-    grid = [(ipc, e) for ipc in ipc_list for e in candidates]
+    fixed = {ipc: e for ipc in ipc_list if (e := preset.fixed_expert_epoch(ipc)) is not None}
+    for ipc, e in fixed.items():
+        if e not in expert.epochs:
+            raise ValueError(f"preset {preset.name!r} fixes expert epoch {e} at IPC {ipc}, but expert "
+                             f"{expert.key} has epochs {expert.epochs[0]}..{expert.epochs_done}: train it "
+                             "longer or load that checkpoint")
+    swept = [ipc for ipc in ipc_list if ipc not in fixed]
+    candidates, warnings = sweep_candidates(preset, expert) if swept else ([], [])
+    grid = [(ipc, e) for ipc in swept for e in candidates]
     cells = [CellSpec(set=SetSpec(ipc=ipc, label=LabelSpec(kind="soft", expert_epoch=e),
                                   image_seed=sweep_image_seed(ipc)),
                       student=preset.sweep_student_for(ipc), seeds=(0,), experts=(expert,), study=SWEEP_STUDY,
                       parts=("val",))
              for ipc, e in grid]
     results = lab.evaluate_many(cells)  # one call: the students may train in parallel (see Lab.workers)
-    sweep: dict[int, dict[int, float]] = {ipc: {} for ipc in ipc_list}
+    sweep: dict[int, dict[int, float]] = {ipc: {} for ipc in swept}
     for (ipc, e), res in zip(grid, results, strict=True):
         v = res[0]["metrics"]["val_acc"]
         sweep[ipc][e] = float("nan") if v is None else float(v)
@@ -97,7 +110,8 @@ def choose_expert_epochs(lab: Lab, preset: Preset, expert: Trajectory, *,
         int(h["epoch"]): float(h.get("val_acc") or h.get("test_acc") or 0.0) for h in expert.history()
     }
     chosen = {
-        ipc: max(sweep[ipc], key=lambda e, ipc=ipc: (_finite_or_low(sweep[ipc][e]), expert_val.get(e, 0.0)))
+        ipc: fixed[ipc] if ipc in fixed else
+        max(sweep[ipc], key=lambda e, ipc=ipc: (_finite_or_low(sweep[ipc][e]), expert_val.get(e, 0.0)))
         for ipc in ipc_list
     }
     classes = int(expert.manifest["num_classes"])
@@ -111,7 +125,8 @@ def choose_expert_epochs(lab: Lab, preset: Preset, expert: Trajectory, *,
                 f"max-probability {confidence:.3f}, uniform {1 / classes:.3f}); soft labels cannot "
                 "help: train the expert longer or lower the label temperature"
             )
-    return EpochChoice(sweep=sweep, chosen=chosen, candidates=tuple(candidates), warnings=tuple(warnings))
+    return EpochChoice(sweep=sweep, chosen=chosen, candidates=tuple(candidates), warnings=tuple(warnings),
+                       fixed=tuple(sorted(fixed)))
 
 
 def _finite_or_low(v: float) -> float:
@@ -151,24 +166,38 @@ class BaselineResult:
     warnings: tuple[str, ...] = ()
     report: Path | None = None
     plot: Path | None = None
+    expert_keys: dict[int, str] = field(default_factory=dict)  # ipc -> the key of the expert labelling it
+    fixed: tuple[int, ...] = ()  # IPCs whose expert epoch the preset fixes (the paper's Table 7)
 
 
 def run_baseline(lab: Lab, preset: Preset, *, protocol: str = "clean", seeds: Sequence[int] | None = None,
-                 expert_epochs: dict[int, int] | None = None, report: bool = True) -> BaselineResult:
+                 expert_epochs: dict[int, int] | None = None, report: bool = True,
+                 experts: Trajectory | Mapping[int, Trajectory] | None = None) -> BaselineResult:
     """Run the main job in ``lab`` with ``preset``; resumable through the lab's store. With ``report``
     (default) it writes ``report.md`` and ``baseline.png`` into the lab's folder.
 
     ``seeds`` (default: the preset's) are the student seeds of every reported cell. The sweep uses other
-    images and the validation split, so the reported test numbers are not selected on.
+    images and the validation split, so the reported test numbers are not selected on. ``experts``: a
+    trajectory (or one per IPC) to label with instead of training ``preset.expert_for(ipc)``, e.g. one made
+    elsewhere (:func:`softlabels.experts_external.load_external_trajectory`).
     """
     t0 = time.perf_counter()
     seed_ids = tuple(preset.seeds if seeds is None else seeds)
-    expert = lab.expert(preset.expert)
+    by_ipc = _experts_by_ipc(lab, preset, experts)
+    expert = by_ipc[preset.ipcs[-1]]  # the report's expert: the largest IPC's (the only one, mostly)
     if expert_epochs:
-        sweep, chosen, warnings = {}, dict(expert_epochs), ()
+        sweep, chosen, warnings, fixed = {}, dict(expert_epochs), (), list(expert_epochs)
     else:
-        choice = choose_expert_epochs(lab, preset, expert)
-        sweep, chosen, warnings = choice.sweep, choice.chosen, choice.warnings
+        sweep, chosen, warnings, fixed = {}, {}, [], []
+        groups: dict[str, list[int]] = {}
+        for ipc, traj in by_ipc.items():
+            groups.setdefault(traj.key, []).append(ipc)
+        for ipcs in groups.values():  # one chooser call per expert, on its IPCs
+            choice = choose_expert_epochs(lab, preset, by_ipc[ipcs[0]], ipcs=ipcs)
+            sweep.update(choice.sweep)
+            chosen.update(choice.chosen)
+            warnings += choice.warnings
+            fixed += choice.fixed
     grid = [
         (ipc, label)
         for ipc in preset.ipcs
@@ -176,8 +205,8 @@ def run_baseline(lab: Lab, preset: Preset, *, protocol: str = "clean", seeds: Se
     ]
     recipes = {ipc: preset.student_for(ipc) for ipc in preset.ipcs}
     results = lab.evaluate_many([
-        CellSpec(set=SetSpec(ipc=ipc, label=label), student=recipes[ipc], seeds=seed_ids, experts=(expert,),
-                 protocol=protocol, study="baseline") for ipc, label in grid])
+        CellSpec(set=SetSpec(ipc=ipc, label=label), student=recipes[ipc], seeds=seed_ids,
+                 experts=(by_ipc[ipc],), protocol=protocol, study="baseline") for ipc, label in grid])
     rows: list[BaselineRow] = []
     hard_accs: dict[int, list[float]] = {}
     for (ipc, label), res in zip(grid, results, strict=True):
@@ -207,11 +236,32 @@ def run_baseline(lab: Lab, preset: Preset, *, protocol: str = "clean", seeds: Se
     result = BaselineResult(rows=rows, sweep=sweep, chosen=chosen, expert_history=expert.history(),
                             expert_key=expert.key, preset=preset.name, protocol=protocol,
                             wall_s=time.perf_counter() - t0, student=preset.student.to_dict(),
-                            expert=preset.expert.to_dict(), warnings=tuple(warnings))
+                            expert=preset.expert.to_dict(), warnings=tuple(warnings),
+                            expert_keys={i: t.key for i, t in by_ipc.items()}, fixed=tuple(sorted(fixed)))
     if not report:
         return result
     md, png = write_baseline_report(result, lab.out_dir, dataset=lab.data.name)
     return replace(result, report=md, plot=png)
+
+
+def _experts_by_ipc(lab: Lab, preset: Preset,
+                    given: Trajectory | Mapping[int, Trajectory] | None) -> dict[int, Trajectory]:
+    """The expert of each IPC: the given one(s), else ``lab.expert(preset.expert_for(ipc))`` (one training
+    per distinct recipe)."""
+    if isinstance(given, Trajectory):
+        return dict.fromkeys(preset.ipcs, given)
+    if given is not None:
+        missing = [i for i in preset.ipcs if i not in given]
+        if missing:
+            raise ValueError(f"experts were given for IPC {sorted(given)}, not for IPC {missing}: give one "
+                             "trajectory for all IPCs or one per IPC")
+        return {i: given[i] for i in preset.ipcs}
+    trained: dict[ExpertRecipe, Trajectory] = {}  # recipes are frozen values
+    for ipc in preset.ipcs:
+        r = preset.expert_for(ipc)
+        if r not in trained:
+            trained[r] = lab.expert(r)
+    return {ipc: trained[preset.expert_for(ipc)] for ipc in preset.ipcs}
 
 
 def gain_text(gain: tuple[float, float, float] | None) -> str:
@@ -236,6 +286,11 @@ def write_baseline_report(result: BaselineResult, out_dir: Path, *, dataset: str
         f"Preset: `{result.preset}`; expert `{result.expert_key}`; total wall time {result.wall_s:.0f} s.",
         "",
     ]
+    if len(set(result.expert_keys.values())) > 1:
+        lines += ["Experts: " + "; ".join(f"IPC {i}: `{k}`" for i, k in result.expert_keys.items()), ""]
+    if result.fixed:
+        lines += [f"Expert epochs fixed (not chosen here) at IPC {', '.join(map(str, result.fixed))}: "
+                  + ", ".join(f"{result.chosen[i]}" for i in result.fixed) + ".", ""]
     if result.warnings:
         lines += ["**Warnings.**", "", *(f"- {w}" for w in result.warnings), ""]
     lines += ["| IPC | labels | expert epoch | test acc % (mean ± std) | soft − hard, points [95% CI, paired "
@@ -264,7 +319,7 @@ def write_baseline_report(result: BaselineResult, out_dir: Path, *, dataset: str
     ]
     for h in result.expert_history:
         lines.append(f"| {h['epoch']} | {h.get('step', '')} | {100 * h.get('val_acc', float('nan')):.1f} | "
-                     f"{100 * h['test_acc']:.1f} |")
+                     f"{100 * h.get('test_acc', float('nan')):.1f} |")
     lines += ["", "## Settings", "", f"- expert: `{result.expert}`", f"- student: `{result.student}`", "",
               "![accuracy vs IPC](baseline.png)", ""]
     md = atomic_write_text(out_dir / "report.md", "\n".join(lines))

@@ -1,4 +1,6 @@
-"""The ConvNet family of the dataset-distillation field, in a registry with discovery."""
+"""The model registry: the ConvNet family of the dataset-distillation field and ResNet-18/34/50
+(:mod:`softlabels.resnets`), by name, with discovery. Every student and expert builds through
+:func:`init_model`, so a registered name works wherever a model is named (recipes, experts, studies)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .registry import Registry
+from .resnets import RESNET_SPECS, ResNet, ResNetSpec
 from .validation import check_choice, check_positive_int
 
 NORMS = ("instancenorm", "batchnorm", "none")
@@ -150,7 +153,9 @@ def instance_norm_stem(x: torch.Tensor, conv: nn.Conv2d, norm: nn.GroupNorm, *,
 
 
 ModelFactory = Callable[..., nn.Module]
-MODELS: Registry[ModelSpec] = Registry("model")
+#: A registered architecture: a ConvNet's spec or a ResNet's; both have ``width`` and ``norm`` fields.
+AnySpec = ModelSpec | ResNetSpec
+MODELS: Registry[AnySpec] = Registry("model")
 
 for _d in (1, 2, 3, 4, 5):
     MODELS.register(f"convnet-d{_d}", ModelSpec(name=f"convnet-d{_d}", depth=_d),
@@ -164,18 +169,23 @@ MODELS.register("convnet-d3-w32", ModelSpec(name="convnet-d3-w32", depth=3, widt
                 help="ConvNet-3, width 32: for tests and tiny CPU budgets")
 MODELS.register("convnet-d3-bn", ModelSpec(name="convnet-d3-bn", depth=3, norm="batchnorm"),
                 help="ConvNet-3 with batch norm")
+for _name, _spec in RESNET_SPECS.items():
+    MODELS.register(_name, _spec, help=f"ResNet-{_spec.depth} (torchvision's architecture), {_spec.norm}, "
+                                       f"{_spec.stem} stem, width {_spec.width}")
 
 
-def get_model_spec(name: str, **overrides) -> ModelSpec:
+def get_model_spec(name: str, **overrides) -> AnySpec:
     """The registered spec for ``name`` with optional field overrides (width=..., norm=...)."""
     spec = MODELS.get(name)
     return replace(spec, **overrides) if overrides else spec
 
 
-def build_model(spec: ModelSpec | str, *, in_channels: int, num_classes: int,
-                image_size: tuple[int, int]) -> ConvNet:
+def build_model(spec: AnySpec | str, *, in_channels: int, num_classes: int,
+                image_size: tuple[int, int]) -> ConvNet | ResNet:
     if isinstance(spec, str):
         spec = get_model_spec(spec)
+    if isinstance(spec, ResNetSpec):
+        return ResNet(spec, in_channels=in_channels, num_classes=num_classes, image_size=tuple(image_size))
     return ConvNet(spec, in_channels=in_channels, num_classes=num_classes, image_size=tuple(image_size))
 
 

@@ -19,6 +19,7 @@ def register(sub) -> None:
                    help="student compute precision (default: the preset's, auto = bf16 where native)")
     r.add_argument("--compile", default=None, choices=["auto", "on", "off"],
                    help="compile the student training graph (default auto: when a cell has >= 150 steps)")
+    _add_expert_dir(r)
     r.set_defaults(fn=cmd_run)
 
     e = sub.add_parser("expert", help="train and inspect experts")
@@ -61,6 +62,7 @@ def register(sub) -> None:
     d.add_argument("--seed", type=int, default=0, help="image selection seed (and label-learning seed)")
     d.add_argument("--overwrite", action="store_true")
     d.add_argument("-o", "--output", required=True, help="file to write (.safetensors)")
+    _add_expert_dir(d)
     d.set_defaults(fn=cmd_distill)
 
     v = sub.add_parser(
@@ -90,7 +92,7 @@ def register(sub) -> None:
 def _run_preset(args):
     from ..presets import get_preset
 
-    preset = get_preset(args.preset)
+    preset = get_preset(args.preset, dataset=args.dataset)
     if args.student_epochs:
         preset = preset.replace(
             student_length_by_ipc={}, student=preset.student.replace(epochs=args.student_epochs, steps=None)
@@ -106,17 +108,40 @@ def _run_preset(args):
     return preset
 
 
+def _add_expert_dir(p) -> None:
+    p.add_argument("--expert-dir", default=None,
+                   help="label with checkpoints made elsewhere: a folder of <name><epoch>.safetensors / .pt "
+                        "/ .pth state dicts (torch files read with weights_only=True only)")
+    p.add_argument("--expert-model", default=None, help="the --expert-dir checkpoints' model, e.g. resnet18")
+    p.add_argument("--expert-width", type=positive_int, default=None, help="its width (default: the model's)")
+
+
+def _external_expert(args, lab):
+    """The --expert-dir trajectory (None without it); --expert-model is required with it."""
+    if args.expert_dir is None:
+        if args.expert_model or args.expert_width:
+            raise ValueError("--expert-model and --expert-width describe --expert-dir: give the folder too")
+        return None
+    if not args.expert_model:
+        raise ValueError("--expert-dir needs --expert-model, its checkpoints' architecture (e.g. resnet18)")
+    from ..experts_external import load_external_trajectory
+
+    return load_external_trajectory(args.expert_dir, model=args.expert_model, width=args.expert_width,
+                                    prepared=lab.prepared, root=lab.out_dir)
+
+
 def cmd_run(args) -> int:
     from ..main_job import run_baseline
 
     preset = _run_preset(args)
     lab = make_lab(args, preset)
+    external = _external_expert(args, lab)
     con = console()
     con.print(f"[bold]softlabels run[/] preset={preset.name} dataset={lab.data.name} device={lab.device} "
               f"out={lab.out_dir}")
     seeds = None if args.seeds is None else tuple(range(args.seeds))
     with lab:
-        result = run_baseline(lab, preset, protocol=args.protocol, seeds=seeds)
+        result = run_baseline(lab, preset, protocol=args.protocol, seeds=seeds, experts=external)
     _print_baseline(con, result)
     con.print(
         f"report: {result.report}\nplot:   {result.plot}\nresults store: {lab.out_dir / 'results.sqlite'}"
@@ -163,7 +188,7 @@ def _print_baseline(con, result) -> None:
 def cmd_expert_train(args) -> int:
     from ..presets import get_preset
 
-    preset = get_preset(args.preset)
+    preset = get_preset(args.preset, dataset=args.dataset)
     given = {
         "model": args.model,
         "width": args.width,
@@ -227,9 +252,11 @@ def cmd_distill(args) -> int:
     from ..presets import get_preset
 
     spec = distill_spec(args)  # every option checked before any training
-    preset = get_preset(args.preset)
+    preset = get_preset(args.preset, dataset=args.dataset)
     lab = make_lab(args, preset)
-    cset = distill(lab, spec, expert=preset.expert, output=args.output, overwrite=args.overwrite)
+    external = _external_expert(args, lab)
+    cset = distill(lab, spec, expert=preset.expert if external is None else external, output=args.output,
+                   overwrite=args.overwrite)
     nb = cset.nbytes
     print(
         f"wrote {args.output}: {len(cset)} images, {cset.num_classes} classes, payload {nb['total']:,} bytes "
@@ -250,7 +277,7 @@ def cmd_evaluate(args) -> int:
                          "drop --protocol paper / --student-epochs")
     if args.expert_epoch is not None and not args.against_baselines:
         raise ValueError("--expert-epoch applies to --against-baselines only")
-    preset = get_preset(args.preset)
+    preset = get_preset(args.preset, dataset=args.dataset)
     lab = make_lab(args, preset)
     with lab:
         if args.against_baselines:
