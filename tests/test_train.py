@@ -128,6 +128,9 @@ def test_compile_policy_depends_on_planned_work_not_on_what_is_left():
     assert resolve_compile("auto", cpu, total_steps=CPU_COMPILE_MIN_STEPS)
     assert not resolve_compile("auto", cpu, total_steps=CPU_COMPILE_MIN_STEPS - 1)
     assert resolve_compile("on", cpu, total_steps=1) and not resolve_compile("off", cpu, total_steps=10**9)
+    # ResNets stay eager on CPU under auto (inductor's warm-up there outweighs any run), not when asked
+    assert not resolve_compile("auto", cpu, total_steps=10**9, model="resnet18")
+    assert resolve_compile("on", cpu, total_steps=1, model="resnet18")
 
 
 def test_lab_decides_compilation_from_all_seeds_of_a_cell(tiny_lab, monkeypatch):

@@ -242,7 +242,8 @@ class Lab:
             x = cset.model_input(device=self.device, zca=self.prepared.zca, mean=ds.mean, std=ds.std)
             compile_model = resolve_compile(cell.student.compile, torch.device(self.device),
                                             total_steps=planned[(cell.student.model, cell.student.width,
-                                                                 cell.student.compile)])
+                                                                 cell.student.compile)],
+                                            model=cell.student.model)
             meta = {"cell": ci, "nbytes": cset.nbytes,
                     "codec": f"{cset.manifest['image_codec']}|{cset.manifest['label_codec']}"}
             for pos, seed, cfg in todo:

@@ -280,6 +280,6 @@ def train_students(images: torch.Tensor, labels: torch.Tensor, recipe: StudentRe
         raise ValueError("seeds must name at least one student seed, e.g. seeds=[0, 1, 2]")
     engine = engine if engine is not None else Engine()
     steps = planned_steps(recipe, images.shape[0], len(seeds))
-    compile_model = resolve_compile(recipe.compile, dev, total_steps=steps)
+    compile_model = resolve_compile(recipe.compile, dev, total_steps=steps, model=recipe.model)
     return [train_student(images, labels, recipe, seed=s, evals=evals, protocol=protocol, device=dev,
                           compile_model=compile_model, on_epoch=on_epoch, engine=engine) for s in seeds]

@@ -143,9 +143,10 @@ def planned_steps(recipe: StudentRecipe, n_images: int, n_students: int) -> int:
     return recipe.total_steps(n_images) * n_students
 
 
-def resolve_compile(setting: str, device: torch.device, *, total_steps: int) -> bool:
+def resolve_compile(setting: str, device: torch.device, *, total_steps: int, model: str = "") -> bool:
     """Whether to compile the TRAINING graph: ``auto`` compiles when the planned optimizer steps of the
-    call repay the warm-up (one graph per model shape and process, reused by later students).
+    call repay the warm-up (one graph per model shape and process, reused by later students). ResNets stay
+    eager on CPU under ``auto``: inductor took over 500 s on a width-8 ResNet-18 there (issue #13 notes).
 
     ``total_steps`` must depend on the configuration only (all seeds of a cell, not the ones left to
     do), so a resumed sweep takes the same path as an uninterrupted one.
@@ -153,6 +154,8 @@ def resolve_compile(setting: str, device: torch.device, *, total_steps: int) -> 
     if setting == "on":
         return True
     if setting == "off" or not compile_available(device.type):
+        return False
+    if device.type == "cpu" and model.startswith("resnet"):
         return False
     return total_steps >= (CUDA_COMPILE_MIN_STEPS if device.type == "cuda" else CPU_COMPILE_MIN_STEPS)
 
