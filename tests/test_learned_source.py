@@ -9,13 +9,8 @@ import torch
 
 from softlabels.cli.jobs import distill_spec
 from softlabels.config import LabelSpec
-from softlabels.labels.learned_source import (
-    DEFAULT_LEARNER,
-    learned_set_labels,
-    learner_config,
-    list_learners,
-    meta_positions,
-)
+from softlabels.labels.learned_source import learned_set_labels, meta_positions
+from softlabels.labels.learners import DEFAULT_LEARNER, learner_config, list_learners
 from softlabels.sets.spec import SetSpec
 
 TINY = "bptt:width=8,inner_steps=2,meta_steps=15,meta_batch=16,meta_size=60"

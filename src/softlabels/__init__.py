@@ -7,6 +7,7 @@ The public API; every ``softlabels`` command is one of these calls:
 ``expert train``       ``Lab(...).expert(recipe)``
 ``distill``            ``distill(lab, SetSpec(...), expert=recipe, output=path)``
 ``evaluate``           ``evaluate_set(lab, path, preset=preset)``
+``evaluate --against-baselines``  ``against_baselines(lab, path, preset=preset)``
 ``study``              ``run_study(name, lab, scale=..., **options)``
 ``report``             ``build_report(out)``
 ``results``            ``ResultsStore(path).query(...)``
@@ -15,6 +16,7 @@ The public API; every ``softlabels`` command is one of these calls:
 =====================  ===========================================================================
 """
 
+from .against import BaselineComparison, against_baselines
 from .analysis.budget import BudgetAnswer, best_within_budget
 from .config import DataSpec, ExpertRecipe, LabelSpec, StudentRecipe
 from .data import list_datasets, load_dataset
@@ -22,11 +24,14 @@ from .distill import distill
 from .engine.losses import list_losses
 from .evaluate import SetEvaluation, evaluate_set
 from .experts import Trajectory
+from .experts_external import UnsafeCheckpointError, load_external_trajectory
 from .lab import CellSpec, Lab
+from .labels.learned import jsd_to_expert_labels, learn_labels
+from .labels.learners import list_learners
 from .labels.transforms import LABEL_TRANSFORMS
 from .main_job import BaselineResult, choose_expert_epochs, run_baseline
 from .models import list_models
-from .presets import Preset, get_preset, list_presets
+from .presets import PAPER_PRESET_BY_DATASET, Preset, get_preset, list_presets
 from .report.build import build_report
 from .sets.codecs import list_codecs
 from .sets.compressed import CompressedSet
@@ -44,6 +49,8 @@ def list_transforms() -> dict[str, str]:
 
 
 __all__ = [
+    "PAPER_PRESET_BY_DATASET",
+    "BaselineComparison",
     "BaselineResult",
     "BudgetAnswer",
     "CellSpec",
@@ -59,7 +66,9 @@ __all__ = [
     "StudentRecipe",
     "StudyResult",
     "Trajectory",
+    "UnsafeCheckpointError",
     "__version__",
+    "against_baselines",
     "best_within_budget",
     "build_report",
     "choose_expert_epochs",
@@ -67,8 +76,11 @@ __all__ = [
     "evaluate_set",
     "fill_budget",
     "get_preset",
+    "jsd_to_expert_labels",
+    "learn_labels",
     "list_codecs",
     "list_datasets",
+    "list_learners",
     "list_losses",
     "list_models",
     "list_presets",
@@ -77,6 +89,7 @@ __all__ = [
     "list_transforms",
     "list_treatments",
     "load_dataset",
+    "load_external_trajectory",
     "run_baseline",
     "run_study",
 ]

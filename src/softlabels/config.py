@@ -166,8 +166,8 @@ class LabelSpec(_Config):
 
     ``kind``: "soft" (expert softmax at ``expert_epoch`` with true temperature ``temperature``),
     "hard" (class indices), or "learned" (label logits trained by truncated back-propagation through
-    unrolled students, :mod:`softlabels.labels.learned_source`; ``learner`` is its spec, default
-    :data:`~softlabels.labels.learned_source.DEFAULT_LEARNER`).
+    unrolled students, :mod:`softlabels.labels.learners`; ``learner`` is its spec, default
+    :data:`~softlabels.labels.learners.DEFAULT_LEARNER`).
     ``ensemble`` > 1 averages the logits of that many experts (seeds
     ``seed, seed+1, ...``). ``transform`` is a label-transform spec (e.g. "topk:k=3").
     ``codec`` is how labels are stored (e.g. "fp32", "fp16", "topk:k=2,values=fp16", "hard"; default "hard"
@@ -184,7 +184,7 @@ class LabelSpec(_Config):
     learner: str | None = None
 
     def __post_init__(self) -> None:
-        from .labels.learned_source import DEFAULT_LEARNER, LEARNERS
+        from .labels.learners import DEFAULT_LEARNER, LEARNERS
         from .labels.transforms import parse_transform
         from .sets.codecs import label_codec
 

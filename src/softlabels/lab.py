@@ -169,7 +169,7 @@ class Lab:
             return spec.build(
                 self.prepared, experts=experts, device=self.device, cache=self.logits, given=given
             )
-        from .labels.learned_source import learner_config
+        from .labels.learners import learner_config
 
         steps = learner_config(spec.label.learner, seed=spec.image_seed)[0].meta_steps
         with self._bar(f"learned labels IPC {spec.ipc} seed {spec.image_seed}", steps) as tick:

@@ -1,10 +1,10 @@
-"""Learned labels as a label source of compressed sets: ``LabelSpec(kind="learned", learner="bptt:...")``.
+"""Learned labels as a label source of compressed sets: ``LabelSpec(kind="learned", learner="bptt:...")``
+(the learner specs are in :mod:`softlabels.labels.learners`).
 
-The learner spec names the options of :func:`softlabels.labels.learned.learn_labels` (one grammar with the
-other specs, canonical in run keys). The meta set is a seeded sample of ``meta_size`` images of the
-*training pool* that excludes the set's own images, so validation and test data never shape the labels;
-the learning seed is the set's image seed. With a ``work_dir`` the learning state lives under
-``work_dir/<hash>`` and an interrupted run resumes to the same labels.
+The meta set is a seeded sample of ``meta_size`` images of the *training pool* that excludes the set's own
+images, so validation and test data never shape the labels; the learning seed is the set's image seed. With
+a ``work_dir`` the learning state lives under ``work_dir/<hash>`` and an interrupted run resumes to the same
+labels.
 """
 
 from __future__ import annotations
@@ -16,58 +16,13 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..io import config_hash, tensor_hash
-from ..specs import Param, SpecRegistry
-from .learned import LearnedLabelConfig, learn_labels
+from .learned import learn_labels
+from .learners import LEARNERS, learner_config
 
 if TYPE_CHECKING:
     from ..data.prepared import PreparedData
 
-__all__ = ["LEARNERS", "DEFAULT_LEARNER", "learned_set_labels", "learner_config", "list_learners",
-           "meta_positions"]
-
-LEARNERS: SpecRegistry = SpecRegistry("label learner")
-
-
-def _pos(v) -> bool:
-    return v > 0
-
-
-def _nonneg(v) -> bool:
-    return v >= 0
-
-
-# Defaults sized for a CPU: measured on Fashion-MNIST at IPC 1 (benchmarks/RESULTS.md, learned labels).
-@LEARNERS.define(
-    "bptt",
-    Param(key="model", kind="str", default="convnet-d3"),
-    Param(key="width", default=32, check=_pos, allowed="a positive integer"),
-    Param(key="inner_steps", default=10, check=_pos, allowed="a positive integer"),
-    Param(key="truncate", default=0, check=_nonneg, allowed="0 (all inner steps) or a positive integer"),
-    Param(key="inner_lr", kind="float", default=0.01, check=_pos, allowed="a positive number"),
-    Param(key="meta_steps", default=100, check=_pos, allowed="a positive integer"),
-    Param(key="meta_lr", kind="float", default=0.03, check=_pos, allowed="a positive number"),
-    Param(key="meta_batch", default=128, check=_pos, allowed="a positive integer"),
-    Param(key="meta_size", default=2000, check=_pos, allowed="a positive integer"),
-    Param(key="reset_every", default=1, check=_pos, allowed="a positive integer"),
-    Param(key="dsa", kind="bool", default=True),
-    Param(key="init", kind="choice", default="hard", choices=("hard", "uniform")),
-    help="truncated back-propagation through K unrolled student steps (paper section 5.2)",
-)
-def _bptt(*, truncate: int, meta_size: int, **kw) -> tuple[dict, int]:
-    return {**kw, "truncate": truncate or None}, meta_size
-
-
-DEFAULT_LEARNER = LEARNERS.canonical("bptt")
-
-
-def list_learners() -> list[str]:
-    return LEARNERS.names()
-
-
-def learner_config(spec: str, *, seed: int) -> tuple[LearnedLabelConfig, int]:
-    """The :class:`LearnedLabelConfig` (seeded) and meta-set size a learner spec names."""
-    kw, meta_size = LEARNERS.parse(spec).obj
-    return LearnedLabelConfig(seed=seed, checkpoint_every=10, **kw), meta_size
+__all__ = ["learned_set_labels", "meta_positions"]
 
 
 def meta_positions(n_pool: int, exclude: torch.Tensor, *, size: int, seed: int) -> torch.Tensor:

@@ -17,7 +17,7 @@ from ..config import LabelSpec
 from ..lab import CellSpec, Lab
 from ..labels.generate import expert_logits, soft_labels
 from ..labels.learned import jsd_to_expert_labels
-from ..labels.learned_source import DEFAULT_LEARNER, LEARNERS
+from ..labels.learners import DEFAULT_LEARNER, LEARNERS
 from ..presets import Preset
 from ..sets.spec import SetSpec
 from .base import (
