@@ -165,8 +165,11 @@ class LabelSpec(_Config):
     """How a compressed set is labelled.
 
     ``kind``: "soft" (expert softmax at ``expert_epoch`` with true temperature ``temperature``),
-    or "hard" (class indices). ``ensemble`` > 1 averages the logits of that many experts (seeds
-    ``seed, seed+1, ...``). ``transform`` is a label-transform spec (e.g. "topk:k=3").
+    or "hard" (class indices). ``ensemble`` > 1 combines that many experts (the first ``ensemble`` experts
+    given: seeds ``seed, seed+1, ...`` or a committee of architectures) by ``ensemble_mode``: "logits"
+    (softmax of the mean logits), "probs" (mean softmax, MEAL V2) or "vote" (committee vote), the last two
+    with ``weights=equal|prior`` (see :mod:`softlabels.labels.generate`). ``transform`` is a label-transform
+    spec (e.g. "topk:k=3").
     ``codec`` is how labels are stored (e.g. "fp32", "fp16", "topk:k=2,values=fp16", "hard").
     Transform and codec are kept in canonical form, so equal labels have equal specs.
     """
@@ -177,8 +180,10 @@ class LabelSpec(_Config):
     ensemble: int = 1
     transform: str = "none"
     codec: str = "fp32"
+    ensemble_mode: str = "logits"
 
     def __post_init__(self) -> None:
+        from .labels.generate import COMMITTEES
         from .labels.transforms import parse_transform
         from .sets.codecs import label_codec
 
@@ -189,6 +194,13 @@ class LabelSpec(_Config):
             check_positive_int("expert_epoch", self.expert_epoch, minimum=0)
         object.__setattr__(self, "transform", parse_transform(self.transform).spec)
         object.__setattr__(self, "codec", label_codec(self.codec).spec)
+        object.__setattr__(self, "ensemble_mode", COMMITTEES.canonical(self.ensemble_mode))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = super().to_dict()
+        if d["ensemble_mode"] == "logits":  # the only mode before committees: keys of earlier runs stay valid
+            del d["ensemble_mode"]
+        return d
 
 
 SCHEDULES = ("auto", "cosine", "linear")
