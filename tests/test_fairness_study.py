@@ -41,6 +41,8 @@ def test_compare_pairs_by_seed():
 def test_verdict_follows_the_numbers():
     helped = study.verdict({"standard": study.compare(_runs(0.1, -0.05), "standard")})
     assert "ABSLD helped robust fairness" in helped and "standard training (3 seeds)" in helped
+    spread = study.verdict({"standard": study.compare(_runs(0.0, -0.05), "standard")})
+    assert "narrowed the spread" in spread and "lower mean" not in spread
     hurt = study.verdict({"adversarial": study.compare(_runs(-0.1, 0.0, "adversarial"), "adversarial")})
     assert "ABSLD hurt robust fairness" in hurt
     none = study.verdict({"standard": study.compare(_runs(0.0, 0.0), "standard")})

@@ -153,17 +153,21 @@ def _sig(c: dict[str, float]) -> int:
 
 
 def verdict(summary: dict[str, dict[str, Any]]) -> str:
-    """Did ABSLD help robust fairness? Helped: worst-class robust accuracy up or robust NSD down (95% CI
-    excluding 0) with neither moving the wrong way; hurt: the reverse; else no difference shown."""
+    """Did ABSLD help robust fairness? Helped: worst-class robust accuracy up (95% CI excluding 0) with the
+    NSD not up; an NSD decrease alone is reported as a narrower spread (a lower NSD can come from a lower
+    mean); hurt: worst class down or NSD up with neither moving the right way; else no difference shown."""
     parts = []
     for training, s in summary.items():
-        w, nsd, mean = s["robust_worst"], s["robust_nsd"], s["robust_mean"]
+        w, nsd, mean, clean = s["robust_worst"], s["robust_nsd"], s["robust_mean"], s["clean_mean"]
         if not s["seeds"]:
             parts.append(f"{training} training: not assessed (no paired seeds)")
             continue
         sw, sn = _sig(w), _sig(nsd)
-        if (sw > 0 or sn < 0) and not (sw < 0 or sn > 0):
-            claim = "ABSLD helped robust fairness"
+        if sw > 0 and sn <= 0:
+            claim = "ABSLD helped robust fairness (worst class up)"
+        elif sn < 0 and sw == 0:
+            claim = ("ABSLD narrowed the spread across classes (NSD down) without raising the worst class"
+                     + (", at a lower mean robust accuracy" if _sig(mean) < 0 else ""))
         elif (sw < 0 or sn > 0) and not (sw > 0 or sn < 0):
             claim = "ABSLD hurt robust fairness"
         elif sw or sn:
@@ -176,5 +180,7 @@ def verdict(summary: dict[str, dict[str, Any]]) -> str:
             f"{100 * w['uniform']:.1f}% -> {100 * w['absld']:.1f}% ({100 * w['diff']:+.1f} pts "
             f"[{100 * w['lo']:+.1f}, {100 * w['hi']:+.1f}]), robust NSD {nsd['uniform']:.3f} -> "
             f"{nsd['absld']:.3f} ({nsd['diff']:+.3f} [{nsd['lo']:+.3f}, {nsd['hi']:+.3f}]), mean robust "
-            f"accuracy {100 * mean['diff']:+.1f} pts [{100 * mean['lo']:+.1f}, {100 * mean['hi']:+.1f}]")
+            f"accuracy {100 * mean['diff']:+.1f} pts [{100 * mean['lo']:+.1f}, {100 * mean['hi']:+.1f}], "
+            f"clean "
+            f"accuracy {100 * clean['diff']:+.1f} pts [{100 * clean['lo']:+.1f}, {100 * clean['hi']:+.1f}]")
     return "; ".join(parts) + "."
