@@ -55,7 +55,7 @@ def header_length(data: bytes) -> int:
 
 
 def test_registries_list_every_codec() -> None:
-    assert LABEL_CODECS.names() == ["bf16", "fp16", "fp32", "hard", "quant", "topk"]
+    assert LABEL_CODECS.names() == ["bf16", "fp16", "fp32", "hard", "projector", "quant", "topk"]
     assert IMAGE_CODECS.names() == ["down", "float", "jpeg", "pack", "png", "raw", "webp", "zlib"]
 
 
@@ -495,7 +495,7 @@ def test_bad_label_specs(spec: str, match: str) -> None:
 def test_unknown_codec_lists_valid_names() -> None:
     with pytest.raises(UnknownNameError) as info:
         label_codec("fp61")
-    assert "bf16, fp16, fp32, hard, quant, topk" in str(info.value)
+    assert "bf16, fp16, fp32, hard, projector, quant, topk" in str(info.value)
     with pytest.raises(ValueError, match="Did you mean 'zlib'.*png, raw, webp, zlib"):
         image_codec("zlip")
     with pytest.raises(TypeError, match="string"):

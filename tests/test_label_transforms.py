@@ -295,6 +295,9 @@ def test_registry_names():
         "retemper",
         "shuffle-nontop",
         "renorm",
+        "ferkd",
+        "ssld",
+        "uskd",
     }
     assert all(LABEL_TRANSFORMS.describe().values())
 

@@ -167,9 +167,11 @@ class LabelSpec(_Config):
     ``kind``: "soft" (expert softmax at ``expert_epoch`` with true temperature ``temperature``),
     "hard" (class indices), or "learned" (label logits trained by truncated back-propagation through
     unrolled students, :mod:`softlabels.labels.learners`; ``learner`` is its spec, default
-    :data:`~softlabels.labels.learners.DEFAULT_LEARNER`).
-    ``ensemble`` > 1 averages the logits of that many experts (seeds
-    ``seed, seed+1, ...``). ``transform`` is a label-transform spec (e.g. "topk:k=3").
+    :data:`~softlabels.labels.learners.DEFAULT_LEARNER`). ``ensemble`` > 1 combines that many experts (the
+    first ``ensemble`` experts given: seeds ``seed, seed+1, ...`` or a committee of architectures) by
+    ``ensemble_mode``: "logits" (softmax of the mean logits), "probs" (mean softmax, MEAL V2) or "vote"
+    (committee vote), the last two with ``weights=equal|prior`` (see :mod:`softlabels.labels.generate`).
+    ``transform`` is a label-transform spec (e.g. "topk:k=3").
     ``codec`` is how labels are stored (e.g. "fp32", "fp16", "topk:k=2,values=fp16", "hard"; default "hard"
     for hard labels, "fp32" for soft ones).
     Transform and codec are kept in canonical form, so equal labels have equal specs.
@@ -181,9 +183,11 @@ class LabelSpec(_Config):
     ensemble: int = 1
     transform: str = "none"
     codec: str | None = None
+    ensemble_mode: str = "logits"
     learner: str | None = None
 
     def __post_init__(self) -> None:
+        from .labels.committees import COMMITTEES
         from .labels.learners import DEFAULT_LEARNER, LEARNERS
         from .labels.transforms import parse_transform
         from .sets.codecs import label_codec
@@ -205,6 +209,15 @@ class LabelSpec(_Config):
             check_positive_int("expert_epoch", self.expert_epoch, minimum=0)
         object.__setattr__(self, "transform", parse_transform(self.transform).spec)
         object.__setattr__(self, "codec", label_codec(self.codec).spec)
+        object.__setattr__(self, "ensemble_mode", COMMITTEES.canonical(self.ensemble_mode))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = super().to_dict()
+        if d["ensemble_mode"] == "logits":  # the only mode before committees: keys of earlier runs stay valid
+            del d["ensemble_mode"]
+        if d["learner"] is None:  # likewise for the labels of every kind but "learned"
+            del d["learner"]
+        return d
 
 
 SCHEDULES = ("auto", "cosine", "linear")

@@ -27,11 +27,14 @@ import torch
 from softlabels.specs import Param, SpecRegistry
 from softlabels.validation import check_labels, check_positive_float, check_positive_int, check_targets
 
+from .calibrated import FERKD_SCORES, ferkd_calibrate, ssld_labels, uskd_labels
+
 __all__ = [
     "LABEL_TRANSFORMS",
     "LabelTransform",
     "ParsedTransform",
     "hard",
+    "ferkd_calibrate",
     "mix_hard",
     "parse_transform",
     "remove_class_knowledge",
@@ -40,8 +43,10 @@ __all__ = [
     "shuffle_nontop",
     "smooth",
     "softmax_with_temperature",
+    "ssld_labels",
     "swap",
     "topk",
+    "uskd_labels",
 ]
 
 
@@ -309,6 +314,31 @@ def _build_retemper(t: float) -> LabelTransform:
 @_register("shuffle-nontop", "keep the top-1 entry, randomly permute the others")
 def _build_shuffle_nontop() -> LabelTransform:
     return lambda labels, targets, *, generator=None: shuffle_nontop(labels, generator=generator)
+
+
+@_register("ferkd", "FerKD: rows with confidence < threshold become the smoothed one-hot true class",
+           Param(key="threshold", kind="float", default=0.5, check=lambda v: 0 <= v <= 1,
+                 allowed="a number in [0, 1]"),
+           Param(key="eps", kind="float", default=0.1, check=lambda v: 0 <= v <= 1,
+                 allowed="a number in [0, 1]"),
+           Param(key="score", kind="choice", choices=FERKD_SCORES, default="max"))
+def _build_ferkd(threshold: float, eps: float, score: str) -> LabelTransform:
+    return lambda labels, targets, *, generator=None: ferkd_calibrate(
+        labels, targets, threshold=threshold, epsilon=eps, score=score
+    )
+
+
+@_register("ssld", "SSLD: the teacher's rows as distributions (renormalised, re-tempered by t); no targets",
+           Param(key="t", kind="float", default=1.0, check=lambda v: v > 0, allowed="a number > 0"))
+def _build_ssld(t: float) -> LabelTransform:
+    return lambda labels, targets, *, generator=None: ssld_labels(labels, temperature=t)
+
+
+@_register("uskd", "USKD labels: `target` on the true class, the uskd loss's Zipf ranks on the others",
+           Param(key="target", kind="float", default=0.9, check=lambda v: 0 <= v <= 1,
+                 allowed="a number in [0, 1]"))
+def _build_uskd(target: float) -> LabelTransform:
+    return lambda labels, targets, *, generator=None: uskd_labels(labels, targets, target=target)
 
 
 @_register("renorm", "divide each row by its sum")

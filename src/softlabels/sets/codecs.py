@@ -1,6 +1,6 @@
 """Codecs for what a compressed training set stores: one import path for the codec machinery
 (:mod:`.codec_base`), the label codecs (:mod:`.label_codecs`) and the image codecs (:mod:`.image_codecs`;
-the lossy ones in :mod:`.lossy_codecs`)."""
+the lossy ones in :mod:`.lossy_codecs`) and the projector label codec (:mod:`.projector_codec`)."""
 
 from .codec_base import (
     Codec,
@@ -24,6 +24,7 @@ from .label_codecs import (
     label_codec,
 )
 from .lossy_codecs import DownCodec, JpegCodec, PackCodec, WebpCodec
+from .projector_codec import ProjectorCodec
 
 __all__ = [
     "IMAGE_CODECS",
@@ -40,6 +41,7 @@ __all__ = [
     "LabelCodec",
     "PackCodec",
     "PngCodec",
+    "ProjectorCodec",
     "QuantCodec",
     "RawCodec",
     "TopKCodec",

@@ -171,7 +171,7 @@ class CompressedSet:
             ienc = encoded_from_safetensors_dict(tensors, meta, "images")
             lenc = encoded_from_safetensors_dict(tensors, meta, "labels")
             images = image_codec(man["image_codec"]).decode(ienc)
-            labels = label_codec(man["label_codec"]).decode(lenc)
+            labels = label_codec(man["label_codec"]).decode(lenc, images=images)  # a projector reads them
         except (KeyError, ValueError, RuntimeError) as e:
             raise CorruptFileError(f"{path}: cannot decode payload ({e})") from None
         payload_tensors = {k: v for k, v in tensors.items() if not k.startswith("aux.")}
@@ -310,10 +310,11 @@ def _encode(cset: CompressedSet, image_spec: str, label_spec: str):
     from .codecs import encoded_to_safetensors_dict, image_codec, label_codec
 
     ienc = image_codec(image_spec).encode(cset.images)
-    lenc = label_codec(label_spec).encode(cset.labels)
+    images = image_codec(image_spec).decode(ienc)  # what a loader sees: a projector label codec reads these
+    lenc = label_codec(label_spec).encode(cset.labels, images=images)
     ti, mi = encoded_to_safetensors_dict(ienc, "images")
     tl, ml = encoded_to_safetensors_dict(lenc, "labels")
     nb = {"images": int(ienc.nbytes), "labels": int(lenc.nbytes), "total": int(ienc.nbytes + lenc.nbytes),
           "aux": int(cset.targets.numel() * 8)}
-    decoded = (image_codec(image_spec).decode(ienc), label_codec(label_spec).decode(lenc))
+    decoded = (images, label_codec(label_spec).decode(lenc, images=images))
     return ({**ti, **tl}, {**mi, **ml}, nb), decoded, nb

@@ -18,12 +18,18 @@ __all__ = ["LABEL_CODECS", "Bf16Codec", "Fp16Codec", "Fp32Codec", "HardCodec", "
 
 
 class LabelCodec(Codec):
-    """Encodes soft labels (N, C) and decodes them to float32 (N, C)."""
+    """Encodes soft labels (N, C) and decodes them to float32 (N, C).
+
+    A codec with ``needs_images`` (the projector) stores a label generator instead of the labels and reads
+    the set's stored images on both sides: ``encode(labels, images=...)``, ``decode(enc, images=...)``
+    (``CompressedSet`` passes the decoded images; other codecs ignore them).
+    """
 
     kind: ClassVar[str] = "label codec"
     TENSORS: ClassVar[tuple[str, ...]] = ()
+    needs_images: ClassVar[bool] = False
 
-    def encode(self, labels: torch.Tensor) -> Encoded:
+    def encode(self, labels: torch.Tensor, *, images: torch.Tensor | None = None) -> Encoded:
         """Encode (N, C) non-negative probabilities (rows summing to <= 1)."""
         check_labels(labels)
         if labels.shape[0] == 0 or labels.shape[1] == 0:
@@ -31,12 +37,31 @@ class LabelCodec(Codec):
                 f"labels are empty (shape {tuple(labels.shape)}); need N >= 1 rows and C >= 1 classes"
             )
         x = labels.detach().to("cpu")
-        return Encoded(self.spec, self._encode(x), meta_shape(tuple(x.shape)))
+        tensors = self._encode_images(x, self._images(images, x.shape[0])) if self.needs_images \
+            else self._encode(x)
+        return Encoded(self.spec, tensors, meta_shape(tuple(x.shape)))
 
-    def decode(self, enc: Encoded) -> torch.Tensor:
+    def decode(self, enc: Encoded, *, images: torch.Tensor | None = None) -> torch.Tensor:
         """Decode a payload made by this codec to float32 (N, C)."""
         n, c = self._check_payload(enc, self.TENSORS, 2)
+        if self.needs_images:
+            return self._decode_images(enc, n, c, self._images(images, n))
         return self._decode(enc, n, c)
+
+    def _images(self, images: torch.Tensor | None, n: int) -> torch.Tensor:
+        if images is None:
+            raise ValueError(f"label codec {self.spec} regenerates labels from the set's stored images: pass "
+                             "images= (the decoded uint8 images, as CompressedSet does)")
+        if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[0] != n:
+            got = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+            raise ValueError(f"label codec {self.spec} needs the {n} stored images (N, C, H, W), got {got}")
+        return images.detach().to("cpu")
+
+    def _encode_images(self, x: torch.Tensor, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def _decode_images(self, enc: Encoded, n: int, c: int, images: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
 
     def row_sum_excess(self, num_classes: int) -> float:
         """How far above 1 a decoded row may sum when the input row summed to at most 1."""
@@ -248,6 +273,8 @@ def short_label_codec(spec: str) -> str:
     params = dict(p.split("=", 1) for p in rest.split(",") if "=" in p)
     if name == "topk":
         s = f"top{params.get('k')}/{params.get('values', 'fp32')}"
+    elif name == "projector":
+        s = f"proj{params.get('dim')}/{params.get('bits')}b"
     elif name == "quant":
         s = f"{params.get('bits')}-bit"
     else:

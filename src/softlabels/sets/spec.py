@@ -171,9 +171,10 @@ class SetSpec:
             )
             source_idx = prepared.train_idx[positions]
             images, targets = ds.train_images[source_idx].clone(), prepared.train_targets[positions].clone()
+            info: dict[str, Any] = {}  # a committee's agreement, for the manifest
             labels = label_images(prepared, positions, self.label, experts, device=device, cache=cache,
-                                  seed=self.image_seed, work_dir=work_dir, on_step=on_step)
-            origin: dict[str, Any] = {"source_indices": source_idx.tolist()}
+                                  info=info, seed=self.image_seed, work_dir=work_dir, on_step=on_step)
+            origin: dict[str, Any] = {"source_indices": source_idx.tolist(), **info}
         else:
             if given is None or given.identity_hash() != self.source[5:]:
                 raise ValueError(f"source {self.source} needs given= the set with that content hash")
@@ -214,7 +215,7 @@ class SetSpec:
         return cset.encode(image_codec=self.image_codec, label_codec=self.label.codec)
 
     def _relabel(self, prepared: PreparedData, images: torch.Tensor, experts, device) -> torch.Tensor:
-        from ..labels.generate import expert_logits, soft_labels
+        from ..labels.generate import COMMITTEES, committee_labels, committee_weights, member_logits
 
         if self.label.kind == "learned":
             raise ValueError("learned labels are learned for images drawn from the training pool; a file's "
@@ -227,10 +228,11 @@ class SetSpec:
         if self.label.expert_epoch is None:
             raise ValueError("relabelling needs an expert epoch (LabelSpec(expert_epoch=...))")
         x = prepared.to_input(images, device=device)
-        return soft_labels(
-            expert_logits(experts[: self.label.ensemble], self.label.expert_epoch, x, device=device),
-            temperature=self.label.temperature,
-        ).cpu()
+        chosen, epoch = experts[: self.label.ensemble], self.label.expert_epoch
+        weights = committee_weights(chosen, epoch, COMMITTEES.parse(self.label.ensemble_mode).obj[1])
+        return committee_labels([z.cpu() for z in member_logits(chosen, epoch, x, device=device)],
+                                mode=self.label.ensemble_mode, temperature=self.label.temperature,
+                                weights=weights)
 
 
 def _one_hot(labels: torch.Tensor) -> bool:

@@ -2,7 +2,11 @@
 softmax of the logit average of ``n`` experts (seeds ``seed .. seed + n - 1``).
 
 Students: per IPC, the same random images labelled by the single expert and by the ensemble at the
-IPC's expert epoch (chosen on validation by the main job's sweep, unless given).
+IPC's expert epoch (chosen on validation by the main job's sweep, unless given). ``modes`` adds committees
+combined otherwise than by logit averaging (``probs``: MEAL V2's mean softmax, ``vote``: the members' vote
+share, either with ``weights=prior``: CV-DD's validation-accuracy weights), each compared with the single
+expert and with the logit ensemble by paired seeds (95% CI); the committee's agreement on the train-pool
+sample (pairwise argmax agreement, Fleiss' kappa) is in the summary.
 Labels (no students): on a fixed stratified sample of the train pool, per expert epoch, the Jensen-Shannon
 distance between single and ensemble labels (mean over images), how often their argmax agrees, and how
 often each argmax is the true class (does averaging keep the correct argmax?).
@@ -19,12 +23,13 @@ from typing import Any
 
 import torch
 
+from ..analysis.stats import paired_ci
 from ..config import LabelSpec
 from ..experts import Trajectory
 from ..io import atomic_write_text
 from ..lab import CellSpec, Lab
 from ..labels.diagnostics import entropy, js_distance
-from ..labels.generate import expert_logits, label_images
+from ..labels.generate import COMMITTEES, committee_agreement, expert_logits, label_images, member_logits
 from ..presets import Preset
 from ..sets.selection import random_per_class
 from ..sets.spec import SetSpec
@@ -36,6 +41,7 @@ from .base import (
     expert_epochs,
     finite,
     int_list,
+    metric_of,
     pct,
     planned_epochs,
     register_study,
@@ -88,7 +94,7 @@ def compare_labels(single: torch.Tensor, ens: torch.Tensor, targets: torch.Tenso
 def study_ensemble(lab: Lab, *, scale: str = "quick", n: int | None = None, ipcs: Sequence[int] | None = None,
                    expert_epoch: int | dict | None = None, seeds: Sequence[int] | None = None,
                    student_epochs: int | None = None, label_epochs: Sequence[int] | None = None,
-                   pool_images: int | None = None, truncate: bool = True,
+                   pool_images: int | None = None, truncate: bool = True, modes: Sequence[str] = ("logits",),
                    preset: Preset | str | None = None) -> StudyResult:
     """Students on single vs ensemble labels per IPC; label agreement per expert epoch."""
     p = resolve_preset(scale, preset)
@@ -99,6 +105,9 @@ def study_ensemble(lab: Lab, *, scale: str = "quick", n: int | None = None, ipcs
                                 (QUICK_POOL if scale == "quick" else FULL_POOL))
     if not isinstance(truncate, bool):
         raise TypeError(f"truncate must be a bool, got {truncate!r}")
+    extra_modes = list(dict.fromkeys(COMMITTEES.canonical(m) for m in ([modes] if isinstance(modes, str)
+                                                                        else modes)))
+    extra_modes = [m for m in extra_modes if m != "logits"]  # the logit ensemble is always there
     prep = lab.prepared
     num_classes = prep.num_classes
     if label_epochs is not None:
@@ -121,7 +130,9 @@ def study_ensemble(lab: Lab, *, scale: str = "quick", n: int | None = None, ipcs
     recipes = {ipc: student_recipe(p, ipc, student_epochs=student_epochs) for ipc in ipc_list}
     grid = [(ipc, source, label, experts) for ipc in ipc_list for source, label, experts in (
         ("single", LabelSpec(kind="soft", expert_epoch=epochs[ipc]), members[:1]),
-        ("ensemble", LabelSpec(kind="soft", expert_epoch=epochs[ipc], ensemble=n), members))]
+        ("ensemble", LabelSpec(kind="soft", expert_epoch=epochs[ipc], ensemble=n), members),
+        *((f"ensemble-{m}", LabelSpec(kind="soft", expert_epoch=epochs[ipc], ensemble=n, ensemble_mode=m),
+           members) for m in (extra_modes if n > 1 else [])))]
     results = lab.evaluate_many(
         [  # one call: the students may train in parallel (see Lab.workers)
             CellSpec(
@@ -140,15 +151,25 @@ def study_ensemble(lab: Lab, *, scale: str = "quick", n: int | None = None, ipcs
             "expert_epoch": epochs[ipc],
             "labels": source,
             "n_experts": label.ensemble,
+            "ensemble_mode": label.ensemble_mode,
             "student_epochs": recipes[ipc].epochs,
             **cell_stats(res),
         }
         for (ipc, source, label, _), res in zip(grid, results, strict=True)
     }
+    per_seed = {(ipc, source): metric_of(res) for (ipc, source, _, _), res in zip(grid, results, strict=True)}
     for ipc in ipc_list:
         single, ens = by_cell[(ipc, "single")], by_cell[(ipc, "ensemble")]
         ens["delta"], single["delta"] = ens["test_mean"] - single["test_mean"], 0.0
         rows += [single, ens]
+        for m in extra_modes if n > 1 else []:
+            r = by_cell[(ipc, f"ensemble-{m}")]
+            r["delta"] = r["test_mean"] - single["test_mean"]
+            for ref in ("single", "ensemble"):
+                d, lo, hi = paired_ci(per_seed[(ipc, f"ensemble-{m}")], per_seed[(ipc, ref)])
+                tag = "single" if ref == "single" else "logits"
+                r.update({f"vs_{tag}": d, f"vs_{tag}_lo": lo, f"vs_{tag}_hi": hi})
+            rows.append(r)
 
     # ---- labels: JSD and argmax agreement per expert epoch -------------------------------------------------
     counts = torch.bincount(prep.train_targets.long(), minlength=num_classes)
@@ -175,6 +196,13 @@ def study_ensemble(lab: Lab, *, scale: str = "quick", n: int | None = None, ipcs
                 rec[key] = float((z.argmax(1).cpu() == test_y.cpu()).double().mean())
         label_rows.append(rec)
 
+    agreement = {}
+    if n > 1:  # the committee's agreement on the pool sample at each IPC's expert epoch
+        x_pool = prep.tensors("train", device=lab.device)[0][pos.to(lab.device)]
+        for e in sorted(set(epochs.values())):
+            zs = [z.cpu() for z in member_logits(members, e, x_pool, device=lab.device)]
+            agreement[str(e)] = committee_agreement(zs, y)
+
     folder = study_dir(lab, NAME)
     folder.mkdir(parents=True, exist_ok=True)
     _write_csv(folder / "labels.csv", label_rows)
@@ -184,6 +212,7 @@ def study_ensemble(lab: Lab, *, scale: str = "quick", n: int | None = None, ipcs
         "n_experts": n, "expert_epochs": {str(k): v for k, v in epochs.items()}, "delta_by_ipc": deltas,
         "labels_by_epoch": label_rows,
         "member_keys": [m.key for m in members], "member_epochs_trained": [m.epochs_done for m in members],
+        "committee_agreement": agreement, "modes": ["logits", *extra_modes],
     }
     settings = {
         "scale": scale, "preset": p.name, "expert": p.expert.to_dict(), "n": n, "ipcs": ipc_list,
@@ -192,7 +221,9 @@ def study_ensemble(lab: Lab, *, scale: str = "quick", n: int | None = None, ipcs
         "label_epochs": lab_epochs, "pool_images": int(pos.numel()), "pool_seed": POOL_SEED,
         "image_seed": IMAGE_SEED, "truncate_members": truncate,
     }
-    finding = verdict(rows, label_rows, epochs, n)
+    finding = verdict([r for r in rows if r["labels"] in ("single", "ensemble")], label_rows, epochs, n)
+    if extra_modes and n > 1:
+        finding += " " + mode_verdict(rows)
     return StudyResult(
         name=NAME, rows=rows, summary=summary, figures=figures, settings=settings, finding=finding
     )
@@ -227,6 +258,31 @@ def verdict(rows: list[dict], label_rows: list[dict], epochs: dict[int, int], n:
     )
     return (f"{claim}: {n}-expert ensemble labels vs one expert - " + "; ".join(parts)
             + (f". Labels: {label_txt}." if label_txt else "."))
+
+
+def mode_verdict(rows: list[dict]) -> str:
+    """Per IPC and committee mode: better / worse / no different than the logit ensemble and the single
+    expert, by the paired 95% CI over seeds."""
+
+    def word(d, lo, hi) -> str:
+        if finite(lo) and lo > 0:
+            return "beats"
+        if finite(hi) and hi < 0:
+            return "loses to"
+        return "does not differ from"
+
+    parts = []
+    for r in rows:
+        if not str(r["labels"]).startswith("ensemble-"):
+            continue
+        parts.append(f"IPC {r['ipc']}: {r['ensemble_mode']} committee ({pct(r['test_mean'])}) "
+                     f"{word(r['vs_logits'], r['vs_logits_lo'], r['vs_logits_hi'])} the logit ensemble "
+                     f"({100 * r['vs_logits']:+.1f} pts [{100 * r['vs_logits_lo']:+.1f}, "
+                     f"{100 * r['vs_logits_hi']:+.1f}]) and "
+                     f"{word(r['vs_single'], r['vs_single_lo'], r['vs_single_hi'])} the single expert "
+                     f"({100 * r['vs_single']:+.1f} pts [{100 * r['vs_single_lo']:+.1f}, "
+                     f"{100 * r['vs_single_hi']:+.1f}])")
+    return ("Committee modes (paired 95% CIs over seeds): " + "; ".join(parts) + ".") if parts else ""
 
 
 def _write_csv(path, rows: list[dict]) -> None:
