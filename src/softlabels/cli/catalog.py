@@ -1,4 +1,4 @@
-"""``datasets``, ``models`` and ``results``: what is registered, and what is stored."""
+"""``datasets``, ``models``, ``selections`` and ``results``: what is registered, and what is stored."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from .common import DEFAULT_OUT, console, key_values, positive_int
 def register(sub) -> None:
     sub.add_parser("datasets", help="list datasets").set_defaults(fn=cmd_datasets)
     sub.add_parser("models", help="list models").set_defaults(fn=cmd_models)
+    sub.add_parser("selections", help="list image selections and label-query budgets").set_defaults(
+        fn=cmd_selections)
     q = sub.add_parser("results", help="list, filter and export stored results")
     q.add_argument("--out", default=DEFAULT_OUT)
     q.add_argument("--study", default=None)
@@ -36,6 +38,17 @@ def cmd_models(args) -> int:
     from ..models import list_models
 
     _print_names(list_models())
+    return 0
+
+
+def cmd_selections(args) -> int:
+    from ..sets.queries import list_queries
+    from ..sets.selection import list_selections
+
+    print("image selections (--selection):")
+    _print_names(list_selections())
+    print("label-query budgets (--queries):")
+    _print_names(list_queries())
     return 0
 
 

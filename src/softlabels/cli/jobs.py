@@ -1,4 +1,4 @@
-"""``run``, ``expert train``, ``distill`` and ``evaluate``: each one library call, printed."""
+"""``run``, ``expert train``, ``distill``, ``evaluate`` and ``diagnose``: each one library call, printed."""
 
 from __future__ import annotations
 
@@ -49,9 +49,12 @@ def register(sub) -> None:
     d.add_argument("--transform", default="none", help='label transform, e.g. "topk:k=3" or "swap:i=1"')
     d.add_argument("--codec", default=None, help='label codec, e.g. fp32, fp16, "topk:k=2,values=fp16", hard')
     d.add_argument("--image-codec", default="raw", help="raw, png or zlib")
-    d.add_argument(
-        "--selection", default="random", help='which images, e.g. random or "ce-bin:bin=0,epoch=3"'
-    )
+    d.add_argument("--selection", "--select", default="random",
+                   help='which images, e.g. random, "ce-bin:bin=0,epoch=3" or "el2n:epoch=3,keep=easy" '
+                        "(`softlabels selections` lists them)")
+    d.add_argument("--queries", default="all",
+                   help='label-query budget, e.g. "uncertainty:q=20,proxy=1": only q images get expert '
+                        "labels")
     d.add_argument("--hard", action="store_true", help="hard labels instead of expert soft labels")
     d.add_argument("--seed", type=int, default=0, help="image selection seed")
     d.add_argument("--overwrite", action="store_true")
@@ -71,6 +74,16 @@ def register(sub) -> None:
     v.add_argument("--protocol", default="clean", choices=["clean", "paper"])
     v.add_argument("--student-epochs", type=positive_int, default=None)
     v.set_defaults(fn=cmd_evaluate)
+
+    g = sub.add_parser("diagnose", help="label diagnostics of a set: cleanlab label issues, entropy, JSD")
+    add_common(g)
+    g.add_argument("set", help=".safetensors compressed set, or .npz/.safetensors with images + labels")
+    g.add_argument("--pool", action="store_true", help="also the pool the set's expert labels, and each "
+                                                       "set image's place in it")
+    g.add_argument("--no-cleanlab", action="store_true", help="our diagnostics only (no cleanlab)")
+    g.add_argument("--top", type=positive_int, default=10, help="worst samples listed (default 10)")
+    g.add_argument("--json", default=None, help="write the whole report (per-sample scores) to this file")
+    g.set_defaults(fn=cmd_diagnose)
 
 
 def _run_preset(args):
@@ -199,7 +212,7 @@ def distill_spec(args):
                           temperature=1.0 if args.temperature is None else args.temperature,
                           ensemble=args.ensemble or 1, transform=args.transform, codec=args.codec or "fp32")
     return SetSpec(ipc=args.ipc, label=label, selection=args.selection, image_seed=args.seed,
-                   image_codec=args.image_codec)
+                   image_codec=args.image_codec, queries=args.queries)
 
 
 def cmd_distill(args) -> int:
@@ -236,4 +249,36 @@ def cmd_evaluate(args) -> int:
     print(f"{args.set}: {ev.images} images (IPC {ev.ipc:g}, {ev.label_kind} labels), {ev.nbytes:,} bytes; "
           f"{ev.protocol} test accuracy {100 * ev.mean:.2f} ± {100 * ev.std:.2f} % over {len(ev.accs)} seeds "
           f"({ev.student_epochs} student epochs)")
+    return 0
+
+
+def cmd_diagnose(args) -> int:
+    from ..diagnose import diagnose_set
+    from ..presets import get_preset
+
+    lab = make_lab(args, get_preset(args.preset))
+    with lab:
+        d = diagnose_set(lab, args.set, pool=args.pool, cleanlab=not args.no_cleanlab, top=args.top)
+    for name, rep in (("set", d.set_report), ("pool", d.pool_report)):
+        if rep is None:
+            continue
+        s = rep["summary"]
+        line = (f"{name}: {rep['n']} images; mean entropy {s['mean_entropy']:.3f} nats, mean p_true "
+                f"{s['mean_true_class_prob']:.3f}, argmax = class {100 * s['accuracy']:.1f}%, mean JS "
+                f"distance to the class {rep['mean_js_to_class']:.3f}")
+        if "cleanlab" in rep:
+            c = rep["cleanlab"]
+            line += (f"; cleanlab flags {c['num_issues']} ({100 * c['issue_fraction']:.1f}%), "
+                     f"worst {c['issues']}")
+        print(line)
+        overlaps = ", ".join(f"{o['cls']}->{o['other']} {o['mass']:.3f}" for o in rep["class_overlaps"][:5])
+        print(f"  strongest class overlaps (mean label mass): {overlaps}")
+        worst = ", ".join(f"#{w['index']} (class {w['cls']}, p_true {w['p_true']:.3f})" for w in rep["worst"])
+        print(f"  lowest p_true: {worst}")
+    if d.set_in_pool:
+        low = sorted(d.set_in_pool, key=lambda r: r["class_percentile"])[: args.top]
+        print("set images least trusted within their class in the pool: " + ", ".join(
+            f"#{r['index']} ({100 * r['class_percentile']:.0f}th pct)" for r in low))
+    if args.json:
+        print(f"wrote {d.save(args.json)}")
     return 0
