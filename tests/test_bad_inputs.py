@@ -93,7 +93,7 @@ CASES = [
         "distill --ipc 1 --expert-epoch 1 --transform topk:k=0 -o {tmp}/x.safetensors",
         "k must be an integer >= 1",
     ),
-    ("distill --ipc 1 --hard --selection rand -o {tmp}/x.safetensors", "Did you mean 'random'"),
+    ("distill --ipc 1 --hard --selection randm -o {tmp}/x.safetensors", "Did you mean 'random'"),
     ("distill --ipc 1 --expert-epoch 1 --temperature 0 -o {tmp}/x.safetensors", "temperature"),
     ("distill --ipc 1 --expert-epoch 1 --ensemble 0 -o {tmp}/x.safetensors", "expected a positive integer"),
     ("distill --ipc 1 --hard -o {tmp}/existing.safetensors", "pass overwrite=True (--overwrite)"),

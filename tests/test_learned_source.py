@@ -85,7 +85,8 @@ def test_lab_builds_and_evaluates_a_learned_set(tiny_lab, tiny_student) -> None:
 
 def _args(**kw):
     base = dict(hard=False, learned=False, learner=None, expert_epoch=None, temperature=None, ensemble=None,
-                transform="none", codec=None, ipc=1, selection="random", seed=0, image_codec="raw")
+                transform="none", codec=None, ipc=1, selection="random", seed=0, image_codec="raw",
+                queries="all")
     return argparse.Namespace(**{**base, **kw})
 
 

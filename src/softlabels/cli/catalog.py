@@ -1,4 +1,4 @@
-"""``datasets``, ``models``, ``losses`` and ``results``: what is registered, and what is stored."""
+"""``datasets``, ``models``, ``losses``, ``selections`` and ``results``: what is registered and stored."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ def register(sub) -> None:
     sub.add_parser("losses", help="list student losses (StudentRecipe.loss, --loss)").set_defaults(
         fn=cmd_losses
     )
+    sub.add_parser("selections", help="list image selections and label-query budgets").set_defaults(
+        fn=cmd_selections)
     q = sub.add_parser("results", help="list, filter and export stored results")
     q.add_argument("--out", default=DEFAULT_OUT)
     q.add_argument("--study", default=None)
@@ -46,6 +48,17 @@ def cmd_losses(args) -> int:
     from ..engine.losses import list_losses
 
     _print_names(list_losses())
+    return 0
+
+
+def cmd_selections(args) -> int:
+    from ..sets.queries import list_queries
+    from ..sets.selection import list_selections
+
+    print("image selections (--selection):")
+    _print_names(list_selections())
+    print("label-query budgets (--queries):")
+    _print_names(list_queries())
     return 0
 
 

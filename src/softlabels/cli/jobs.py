@@ -1,4 +1,4 @@
-"""``run``, ``expert train``, ``distill`` and ``evaluate``: each one library call, printed."""
+"""``run``, ``expert train``, ``distill``, ``evaluate`` and ``diagnose``: each one library call, printed."""
 
 from __future__ import annotations
 
@@ -50,9 +50,12 @@ def register(sub) -> None:
     d.add_argument("--transform", default="none", help='label transform, e.g. "topk:k=3" or "swap:i=1"')
     d.add_argument("--codec", default=None, help='label codec, e.g. fp32, fp16, "topk:k=2,values=fp16", hard')
     d.add_argument("--image-codec", default="raw", help="raw, png or zlib")
-    d.add_argument(
-        "--selection", default="random", help='which images, e.g. random or "ce-bin:bin=0,epoch=3"'
-    )
+    d.add_argument("--selection", "--select", default="random",
+                   help='which images, e.g. random, "ce-bin:bin=0,epoch=3" or "el2n:epoch=3,keep=easy" '
+                        "(`softlabels selections` lists them)")
+    d.add_argument("--queries", default="all",
+                   help='label-query budget, e.g. "uncertainty:q=20,proxy=1": only q images get expert '
+                        "labels")
     kind = d.add_mutually_exclusive_group()
     kind.add_argument("--hard", action="store_true", help="hard labels instead of expert soft labels")
     kind.add_argument("--learned", action="store_true",
@@ -87,6 +90,16 @@ def register(sub) -> None:
     v.add_argument("--expert-epoch", type=positive_int, default=None,
                    help="our expert's epoch for --against-baselines (default: chosen on validation)")
     v.set_defaults(fn=cmd_evaluate)
+
+    g = sub.add_parser("diagnose", help="label diagnostics of a set: cleanlab label issues, entropy, JSD")
+    add_common(g)
+    g.add_argument("set", help=".safetensors compressed set, or .npz/.safetensors with images + labels")
+    g.add_argument("--pool", action="store_true", help="also the pool the set's expert labels, and each "
+                                                       "set image's place in it")
+    g.add_argument("--no-cleanlab", action="store_true", help="our diagnostics only (no cleanlab)")
+    g.add_argument("--top", type=positive_int, default=10, help="worst samples listed (default 10)")
+    g.add_argument("--json", default=None, help="write the whole report (per-sample scores) to this file")
+    g.set_defaults(fn=cmd_diagnose)
 
 
 def _run_preset(args):
@@ -244,7 +257,7 @@ def distill_spec(args):
                           temperature=1.0 if args.temperature is None else args.temperature,
                           ensemble=args.ensemble or 1, transform=args.transform, codec=args.codec or "fp32")
     return SetSpec(ipc=args.ipc, label=label, selection=args.selection, image_seed=args.seed,
-                   image_codec=args.image_codec)
+                   image_codec=args.image_codec, queries=args.queries)
 
 
 def cmd_distill(args) -> int:
@@ -341,4 +354,36 @@ def _against(args, lab, preset) -> int:
     )
     for note in res.notes:
         con.print(f"note: {note}")
+    return 0
+
+
+def cmd_diagnose(args) -> int:
+    from ..diagnose import diagnose_set
+    from ..presets import get_preset
+
+    lab = make_lab(args, get_preset(args.preset))
+    with lab:
+        d = diagnose_set(lab, args.set, pool=args.pool, cleanlab=not args.no_cleanlab, top=args.top)
+    for name, rep in (("set", d.set_report), ("pool", d.pool_report)):
+        if rep is None:
+            continue
+        s = rep["summary"]
+        line = (f"{name}: {rep['n']} images; mean entropy {s['mean_entropy']:.3f} nats, mean p_true "
+                f"{s['mean_true_class_prob']:.3f}, argmax = class {100 * s['accuracy']:.1f}%, mean JS "
+                f"distance to the class {rep['mean_js_to_class']:.3f}")
+        if "cleanlab" in rep:
+            c = rep["cleanlab"]
+            line += (f"; cleanlab flags {c['num_issues']} ({100 * c['issue_fraction']:.1f}%), "
+                     f"worst {c['issues']}")
+        print(line)
+        overlaps = ", ".join(f"{o['cls']}->{o['other']} {o['mass']:.3f}" for o in rep["class_overlaps"][:5])
+        print(f"  strongest class overlaps (mean label mass): {overlaps}")
+        worst = ", ".join(f"#{w['index']} (class {w['cls']}, p_true {w['p_true']:.3f})" for w in rep["worst"])
+        print(f"  lowest p_true: {worst}")
+    if d.set_in_pool:
+        low = sorted(d.set_in_pool, key=lambda r: r["class_percentile"])[: args.top]
+        print("set images least trusted within their class in the pool: " + ", ".join(
+            f"#{r['index']} ({100 * r['class_percentile']:.0f}th pct)" for r in low))
+    if args.json:
+        print(f"wrote {d.save(args.json)}")
     return 0

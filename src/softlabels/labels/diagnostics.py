@@ -3,11 +3,18 @@
 All functions are vectorised, validate their inputs, never modify them, and compute in float64;
 per-row results are float64 tensors. Rows may be sub-stochastic (after top-k or class removal): the
 diagnostics are then computed on the rows as given, without renormalising.
+
+:func:`label_issues` asks cleanlab (an optional extra: ``pip install 'softlabels[labels]'``) which images'
+class labels the soft labels contradict, reading the soft labels as cleanlab's ``pred_probs``;
+:func:`label_report` puts its per-sample scores beside ours (entropy, JSD to the class, class structure).
 """
 
 from __future__ import annotations
 
 import math
+import warnings
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -20,7 +27,10 @@ __all__ = [
     "difficulty_bins",
     "entropy",
     "js_distance",
+    "LabelIssues",
+    "label_issues",
     "label_quality_scores",
+    "label_report",
     "margin",
     "mean_js_distance",
     "rank_by_quality",
@@ -184,3 +194,104 @@ def difficulty_bins(
     sizes = torch.bincount(cls_sorted * num_bins + bin_idx, minlength=num_classes * num_bins)
     chunks = torch.split(order, sizes.tolist())
     return [list(chunks[c * num_bins : (c + 1) * num_bins]) for c in range(num_classes)]
+
+
+# ------------------------------------------------------------------------------------------ cleanlab
+CLEANLAB_EXTRA = "pip install 'softlabels[labels]'"
+QUALITY_METHODS = ("self_confidence", "normalized_margin", "confidence_weighted_entropy")
+FILTERS = ("prune_by_noise_rate", "prune_by_class", "both", "confident_learning", "predicted_neq_given",
+           "low_normalized_margin", "low_self_confidence")
+
+
+@dataclass(frozen=True, kw_only=True)
+class LabelIssues:
+    """cleanlab's view of a labelled set: per-sample quality in [0, 1] (low = the soft label contradicts the
+    class), which samples it flags as label issues, and the flagged ones worst first."""
+
+    quality: torch.Tensor
+    is_issue: torch.Tensor
+    ranked: torch.Tensor
+    method: str
+    filter_by: str
+
+
+def _cleanlab():
+    try:
+        import cleanlab.filter
+        import cleanlab.rank
+    except ImportError:
+        raise ImportError(f"label-issue scores need cleanlab: {CLEANLAB_EXTRA}") from None
+    return cleanlab
+
+
+def label_issues(labels: torch.Tensor, targets: torch.Tensor, *, method: str = "self_confidence",
+                 filter_by: str = "prune_by_noise_rate") -> LabelIssues:
+    """Per-sample label-issue scores from cleanlab for class ``targets`` judged by the soft ``labels``.
+
+    The soft labels play cleanlab's ``pred_probs`` (rows are renormalised to sum to 1 for it; an all-zero
+    row is an error). cleanlab assumes out-of-sample probabilities: an expert's labels of its own training
+    images are in-sample, so it flags fewer issues than held-out predictions would. cleanlab keeps at least
+    one image of each class unflagged, so a set with one image per class (IPC 1) has no flagged issues; its
+    per-sample ``quality`` still ranks them. Runs in this process (``n_jobs=1``): same input, same flags.
+    """
+    from ..validation import check_choice
+
+    check_choice("method", method, QUALITY_METHODS)
+    check_choice("filter_by", filter_by, FILTERS)
+    p, t = _labels_targets(labels, targets)
+    sums = p.sum(1, keepdim=True)
+    if bool((sums <= 0).any()):
+        raise ValueError("some label rows are all zero; cleanlab needs a distribution per row")
+    cl = _cleanlab()
+    probs, y = (p / sums).numpy(), t.numpy()
+    quality = torch.from_numpy(cl.rank.get_label_quality_scores(y, probs, method=method)).double()
+    if p.shape[0] < 2 or p.shape[1] < 2:  # nothing to compare against
+        mask = torch.zeros(p.shape[0], dtype=torch.bool)
+    else:
+        with warnings.catch_warnings():  # "too few examples" in a class: the IPC-1 case documented above
+            warnings.filterwarnings("ignore", message=".*too few examples.*")
+            found = cl.filter.find_label_issues(y, probs, filter_by=filter_by, n_jobs=1)
+        mask = torch.from_numpy(found).bool()
+    issues = torch.nonzero(mask).flatten()
+    ranked = issues[torch.sort(quality[issues], stable=True).indices]
+    return LabelIssues(quality=quality, is_issue=mask, ranked=ranked, method=method, filter_by=filter_by)
+
+
+def _top_pairs(sim: torch.Tensor, k: int) -> list[dict[str, Any]]:
+    """The ``k`` largest off-diagonal entries of a class-similarity matrix: (class, other, mean mass)."""
+    flat = torch.nan_to_num(sim, nan=-1.0).flatten()
+    order = torch.argsort(flat, descending=True, stable=True)[:k]
+    c = sim.shape[0]
+    return [{"cls": int(i) // c, "other": int(i) % c, "mass": float(flat[i])} for i in order if flat[i] >= 0]
+
+
+def label_report(labels: torch.Tensor, targets: torch.Tensor, *, num_classes: int | None = None,
+                 cleanlab: bool = True, per_sample: bool = True, top: int = 10) -> dict[str, Any]:
+    """One report of a labelled set: our summaries (entropy, confidence, JSD to the one-hot class, the
+    strongest class overlaps), cleanlab's label issues (``cleanlab=False`` leaves them out), and, with
+    ``per_sample``, every sample's scores; ``top`` worst samples are listed in any case."""
+    p, t = _labels_targets(labels, targets)
+    k = num_classes if num_classes is not None else p.shape[1]
+    onehot = torch.nn.functional.one_hot(t, p.shape[1]).double()
+    h, js, quality = entropy(p), js_distance(p, onehot), label_quality_scores(p, t)
+    worst = rank_by_quality(p, t)[:top]
+    out: dict[str, Any] = {
+        "n": int(p.shape[0]),
+        "summary": summarize(p, t),
+        "mean_js_to_class": float(js.mean()),
+        "class_overlaps": _top_pairs(class_similarity(p, t, num_classes=k), top),
+        "worst": [{"index": int(i), "cls": int(t[i]), "p_true": float(quality[i]), "entropy": float(h[i]),
+                   "argmax": int(p[i].argmax())} for i in worst],
+    }
+    if per_sample:
+        out["per_sample"] = {"entropy": h.tolist(), "p_true": quality.tolist(), "js_to_class": js.tolist()}
+    if cleanlab:
+        li = label_issues(p, t)
+        out["cleanlab"] = {"method": li.method, "filter_by": li.filter_by,
+                           "num_issues": int(li.is_issue.sum()),
+                           "issue_fraction": float(li.is_issue.double().mean()),
+                           "issues": li.ranked[:top].tolist(), "mean_quality": float(li.quality.mean())}
+        if per_sample:
+            out["per_sample"]["cleanlab_quality"] = li.quality.tolist()
+            out["per_sample"]["cleanlab_issue"] = li.is_issue.tolist()
+    return out

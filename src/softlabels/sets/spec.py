@@ -18,6 +18,7 @@ from ..config import LabelSpec
 from ..specs import Param, SpecRegistry
 from ..validation import check_positive_int
 from .compressed import CompressedSet
+from .queries import query_budget
 from .selection import selection as parse_selection
 
 if TYPE_CHECKING:
@@ -67,7 +68,8 @@ class SetSpec:
 
     ``source`` is ``"pool"`` (the lab's training pool) or ``"file:<content hash>"`` (a user's set, given
     to :meth:`build`); ``keep_labels`` keeps a file's own labels (``label`` then says what they are).
-    Selection, treatment and codec specs are stored in canonical form.
+    ``queries`` is a label-query budget (:mod:`softlabels.sets.queries`): only that many images get the
+    expert's soft label. Selection, treatment, query and codec specs are stored in canonical form.
     """
 
     ipc: int
@@ -78,6 +80,7 @@ class SetSpec:
     treatment: str = "none"
     source: str = "pool"
     keep_labels: bool = False
+    queries: str = "all"
 
     def __post_init__(self) -> None:
         from .codecs import image_codec
@@ -95,6 +98,16 @@ class SetSpec:
             raise ValueError("a set file's images are taken whole: use selection='all' with a file source")
         if self.keep_labels and self.source == "pool":
             raise ValueError("keep_labels applies to a file source only (the pool has no labels of its own)")
+        budget, canonical = query_budget(self.queries)
+        object.__setattr__(self, "queries", canonical)
+        if budget.q is not None:
+            if self.label.kind != "soft" or self.source != "pool":
+                raise ValueError("a query budget limits expert soft labels of pool images: use a soft "
+                                 "LabelSpec on the pool, or queries='all'")
+            if budget.proxy is not None and self.label.expert_epoch is not None \
+                    and budget.proxy >= self.label.expert_epoch:
+                raise ValueError(f"the uncertainty proxy (epoch {budget.proxy}) must be an earlier "
+                                 f"checkpoint than the label epoch {self.label.expert_epoch}; lower proxy")
 
     @classmethod
     def of_set(cls, cset: CompressedSet) -> SetSpec:
@@ -136,6 +149,8 @@ class SetSpec:
             d["selection_expert_key"] = ",".join(t.key for t in experts[:sel_n])
         if self.treatment != "none":
             d["treatment"] = self.treatment
+        if self.queries != "all":
+            d["queries"] = self.queries
         if self.source != "pool":
             d["source"], d["keep_labels"] = self.source, self.keep_labels
         return d
@@ -169,12 +184,18 @@ class SetSpec:
             positions = sel.select(
                 prepared, ipc=self.ipc, seed=self.image_seed, experts=experts, device=device, cache=cache
             )
+            origin: dict[str, Any] = {}
+            if self.queries == "all":
+                info: dict[str, Any] = {}  # a committee's agreement, for the manifest
+                labels = label_images(prepared, positions, self.label, experts, device=device, cache=cache,
+                                      info=info, seed=self.image_seed, work_dir=work_dir, on_step=on_step)
+                origin.update(info)
+            else:
+                positions, labels, origin["queries"] = self._query(prepared, positions, experts, device,
+                                                                   cache)
             source_idx = prepared.train_idx[positions]
             images, targets = ds.train_images[source_idx].clone(), prepared.train_targets[positions].clone()
-            info: dict[str, Any] = {}  # a committee's agreement, for the manifest
-            labels = label_images(prepared, positions, self.label, experts, device=device, cache=cache,
-                                  info=info, seed=self.image_seed, work_dir=work_dir, on_step=on_step)
-            origin: dict[str, Any] = {"source_indices": source_idx.tolist(), **info}
+            origin["source_indices"] = source_idx.tolist()
         else:
             if given is None or given.identity_hash() != self.source[5:]:
                 raise ValueError(f"source {self.source} needs given= the set with that content hash")
@@ -213,6 +234,23 @@ class SetSpec:
         }
         cset = TREATMENTS.parse(self.treatment).obj(CompressedSet(images, labels, targets, manifest))
         return cset.encode(image_codec=self.image_codec, label_codec=self.label.codec)
+
+    def _query(self, prepared, positions, experts, device, cache):
+        """(positions, labels, record) under the query budget: the expert labels only the chosen images."""
+        from ..labels.generate import hard_labels, label_images
+
+        budget, _ = query_budget(self.queries)
+        chosen, proxy_queries = budget.choose(prepared, positions, seed=self.image_seed, experts=experts,
+                                              device=device, cache=cache)
+        labels = hard_labels(prepared.train_targets[positions], num_classes=prepared.num_classes)
+        labels[chosen] = label_images(prepared, positions[chosen], self.label, experts, device=device,
+                                      cache=cache).to(labels.dtype)
+        record = {"spec": self.queries, "expert_queries": int(chosen.numel()), "proxy_queries": proxy_queries,
+                  "queried": chosen.tolist(), "rest": budget.rest}
+        if budget.rest == "none":
+            positions, labels = positions[chosen], labels[chosen]
+            record["queried"] = list(range(int(chosen.numel())))
+        return positions, labels, record
 
     def _relabel(self, prepared: PreparedData, images: torch.Tensor, experts, device) -> torch.Tensor:
         from ..labels.generate import COMMITTEES, committee_labels, committee_weights, member_logits
