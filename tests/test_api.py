@@ -50,6 +50,10 @@ def test_the_public_surface():
         "build_report",
         "ResultsStore",
         "CompressedSet",
+        "against_baselines",
+        "diagnose_set",
+        "load_external_trajectory",
+        "learn_labels",
     ):
         assert hasattr(sl, name), name
     for lister in (
@@ -61,6 +65,9 @@ def test_the_public_surface():
         sl.list_selections,
         sl.list_treatments,
         sl.list_studies,
+        sl.list_queries,
+        sl.list_learners,
+        sl.list_ensemble_modes,
     ):
         names = lister()
         assert names and all(isinstance(k, str) for k in names)

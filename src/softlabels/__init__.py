@@ -8,6 +8,7 @@ The public API; every ``softlabels`` command is one of these calls:
 ``distill``            ``distill(lab, SetSpec(...), expert=recipe, output=path)``
 ``evaluate``           ``evaluate_set(lab, path, preset=preset)``
 ``evaluate --against-baselines``  ``against_baselines(lab, path, preset=preset)``
+``diagnose``           ``diagnose_set(lab, path, pool=...)``
 ``study``              ``run_study(name, lab, scale=..., **options)``
 ``report``             ``build_report(out)``
 ``results``            ``ResultsStore(path).query(...)``
@@ -20,12 +21,15 @@ from .against import BaselineComparison, against_baselines
 from .analysis.budget import BudgetAnswer, best_within_budget
 from .config import DataSpec, ExpertRecipe, LabelSpec, StudentRecipe
 from .data import list_datasets, load_dataset
+from .diagnose import Diagnosis, diagnose_set
 from .distill import distill
 from .engine.losses import list_losses
 from .evaluate import SetEvaluation, evaluate_set
 from .experts import Trajectory
 from .experts_external import UnsafeCheckpointError, load_external_trajectory
 from .lab import CellSpec, Lab
+from .labels.committees import list_ensemble_modes
+from .labels.diagnostics import label_issues, label_report
 from .labels.learned import jsd_to_expert_labels, learn_labels
 from .labels.learners import list_learners
 from .labels.transforms import LABEL_TRANSFORMS
@@ -35,6 +39,7 @@ from .presets import PAPER_PRESET_BY_DATASET, Preset, get_preset, list_presets
 from .report.build import build_report
 from .sets.codecs import list_codecs
 from .sets.compressed import CompressedSet
+from .sets.queries import list_queries
 from .sets.selection import list_selections
 from .sets.spec import SetSpec, list_treatments
 from .store import ResultsStore
@@ -56,6 +61,7 @@ __all__ = [
     "CellSpec",
     "CompressedSet",
     "DataSpec",
+    "Diagnosis",
     "ExpertRecipe",
     "LabelSpec",
     "Lab",
@@ -72,18 +78,23 @@ __all__ = [
     "best_within_budget",
     "build_report",
     "choose_expert_epochs",
+    "diagnose_set",
     "distill",
     "evaluate_set",
     "fill_budget",
     "get_preset",
     "jsd_to_expert_labels",
+    "label_issues",
+    "label_report",
     "learn_labels",
     "list_codecs",
     "list_datasets",
+    "list_ensemble_modes",
     "list_learners",
     "list_losses",
     "list_models",
     "list_presets",
+    "list_queries",
     "list_selections",
     "list_studies",
     "list_transforms",
