@@ -36,6 +36,8 @@ from .base import (
 )
 
 NAME = "learned"
+# 3 repetitions left the IPC-1 CI of learned - hard across zero on Fashion-MNIST; 5 resolved it (RESULTS.md)
+QUICK_REPETITIONS = 5
 
 
 @register_study(
@@ -47,7 +49,7 @@ def study_learned(lab: Lab, *, scale: str = "quick", ipcs: Sequence[int] | None 
                   preset: Preset | str | None = None) -> StudyResult:
     """Per IPC and repetition: students on learned, expert (validation-chosen epoch) and hard labels of the
     same random images; the learned labels' JSD to the expert's labels at every checkpoint."""
-    p, ipc_list, reps, _ = common_options(scale, preset, ipcs, seeds, ipcs_default=(1,), quick_seeds=3)
+    p, ipc_list, reps, _ = common_options(scale, preset, ipcs, seeds, ipcs_default=(1,), quick_seeds=QUICK_REPETITIONS)
     spec = LEARNERS.canonical(learner or DEFAULT_LEARNER)  # a bad learner fails here, before any training
     recipes = {ipc: student_recipe(p, ipc, student_epochs=student_epochs) for ipc in ipc_list}
     epochs, epoch_source = expert_epochs(lab, p, None, ipc_list, expert_epoch)
@@ -154,5 +156,5 @@ def _plot(jsd: dict[int, dict[int, float]], steps: dict[int, int], path, *, chos
     ax.set_xlabel("expert checkpoint (training steps; dotted: validation-chosen)")
     ax.set_ylabel("normalised JSD, learned vs expert labels")
     ax.legend(fontsize=8)
-    ax.set_title(f"{dataset}: learned labels resemble an early expert (paper Fig. 8)", fontsize=9)
+    ax.set_title(f"{dataset}: learned labels vs each expert checkpoint (paper Fig. 8)", fontsize=9)
     return save_figure(fig, path)
