@@ -33,7 +33,9 @@ def add_common(p: argparse.ArgumentParser, *, preset: bool = True) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
     if preset:
         p.add_argument(
-            "--preset", default="default", help="settings bundle: default (CPU), paper (GPU), smoke"
+            "--preset", default="default",
+            help="settings bundle: default (CPU), smoke, paper (GPU; picks paper-cifar10 / -cifar100 / -tiny "
+                 "by --dataset), paper-imagenet (softlabels.list_presets())"
         )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--workers", default="auto", type=workers_type,

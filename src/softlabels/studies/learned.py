@@ -49,7 +49,9 @@ def study_learned(lab: Lab, *, scale: str = "quick", ipcs: Sequence[int] | None 
                   preset: Preset | str | None = None) -> StudyResult:
     """Per IPC and repetition: students on learned, expert (validation-chosen epoch) and hard labels of the
     same random images; the learned labels' JSD to the expert's labels at every checkpoint."""
-    p, ipc_list, reps, _ = common_options(scale, preset, ipcs, seeds, ipcs_default=(1,), quick_seeds=QUICK_REPETITIONS)
+    p, ipc_list, reps, _ = common_options(
+        scale, preset, ipcs, seeds, ipcs_default=(1,), quick_seeds=QUICK_REPETITIONS
+    )
     spec = LEARNERS.canonical(learner or DEFAULT_LEARNER)  # a bad learner fails here, before any training
     recipes = {ipc: student_recipe(p, ipc, student_epochs=student_epochs) for ipc in ipc_list}
     epochs, epoch_source = expert_epochs(lab, p, None, ipc_list, expert_epoch)
