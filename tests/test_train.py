@@ -141,8 +141,13 @@ def test_lab_decides_compilation_from_all_seeds_of_a_cell(tiny_lab, monkeypatch)
 
     seen = []
     real = lab_mod.resolve_compile
-    monkeypatch.setattr(lab_mod, "resolve_compile", lambda s, d, *, total_steps: seen.append(total_steps)
-                        or real(s, d, total_steps=total_steps))
+    monkeypatch.setattr(
+        lab_mod,
+        "resolve_compile",
+        lambda s, d, *, total_steps, **kw: (
+            seen.append(total_steps) or real(s, d, total_steps=total_steps, **kw)
+        ),
+    )
     rec = StudentRecipe(model="convnet-d3", width=8, epochs=2, precision="fp32", compile="off", batch_size=16)
     tiny_lab.evaluate(SetSpec(ipc=2, label=LabelSpec(kind="hard")), study="t", student=rec, seeds=[0])
     tiny_lab.evaluate(SetSpec(ipc=2, label=LabelSpec(kind="hard")), study="t", student=rec, seeds=[0, 1, 2])
@@ -335,8 +340,13 @@ def test_the_compile_choice_weighs_every_cell_of_a_model_shape_in_a_call(tiny_la
 
     seen = []
     real = lab_mod.resolve_compile
-    monkeypatch.setattr(lab_mod, "resolve_compile", lambda s, d, *, total_steps: seen.append(total_steps)
-                        or real(s, d, total_steps=total_steps))
+    monkeypatch.setattr(
+        lab_mod,
+        "resolve_compile",
+        lambda s, d, *, total_steps, **kw: (
+            seen.append(total_steps) or real(s, d, total_steps=total_steps, **kw)
+        ),
+    )
     rec = StudentRecipe(model="convnet-d3", width=8, epochs=2, precision="fp32", compile="off", batch_size=16)
     cells = [
         CellSpec(set=SetSpec(ipc=ipc, label=LabelSpec(kind="hard")), student=rec, seeds=(0, 1), study="t")
