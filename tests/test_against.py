@@ -7,23 +7,16 @@ import math
 
 import pytest
 import torch
+from tiny import DATA, C, tiny_preset
 
 from softlabels.against import against_baselines, label_robust_score
-from softlabels.config import DataSpec, ExpertRecipe, LabelSpec, StudentRecipe
+from softlabels.config import LabelSpec
 from softlabels.data.synthetic import make_synthetic
 from softlabels.lab import Lab
-from softlabels.presets import Preset
 from softlabels.sets.compressed import CompressedSet
 from softlabels.sets.spec import SetSpec
 
-C = 4
-DATA = DataSpec(name="synthetic", val_fraction=0.2)
-TINY = Preset(
-    name="tiny", data=DATA,
-    expert=ExpertRecipe(model="convnet-d3", width=8, epochs=3, train_images=200, precision="fp32"),
-    student=StudentRecipe(model="convnet-d3", width=8, epochs=5, precision="fp32", compile="off"),
-    ipcs=(1, 2), seeds=(0, 1, 2), sweep_epochs=(1, 3), sweep_length=3,
-)
+TINY = tiny_preset((0, 1, 2))
 
 
 @pytest.fixture(scope="module", autouse=True)

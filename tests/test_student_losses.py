@@ -7,26 +7,19 @@ import math
 
 import pytest
 import torch
+from tiny import DATA, C, tiny_preset
 
-from softlabels.config import DataSpec, ExpertRecipe, LabelSpec, StudentRecipe
+from softlabels.config import LabelSpec, StudentRecipe
 from softlabels.data.synthetic import make_synthetic
 from softlabels.engine.executors import SerialExecutor
 from softlabels.engine.loop import train_student
 from softlabels.lab import CellSpec, Lab
-from softlabels.presets import Preset
 from softlabels.registry import UnknownNameError
 from softlabels.sets.spec import SetSpec
 from softlabels.studies import losses as losses_study
 from softlabels.studies import run_study
 
-C = 4
-DATA = DataSpec(name="synthetic", val_fraction=0.2)
-TINY = Preset(
-    name="tiny", data=DATA,
-    expert=ExpertRecipe(model="convnet-d3", width=8, epochs=3, train_images=200, precision="fp32"),
-    student=StudentRecipe(model="convnet-d3", width=8, epochs=5, precision="fp32", compile="off"),
-    ipcs=(1, 2), seeds=(0, 1, 2), sweep_epochs=(1, 3), sweep_length=3,
-)
+TINY = tiny_preset((0, 1, 2))
 RECIPE = StudentRecipe(model="convnet-d3", width=8, steps=6, lr=0.05, precision="fp32", compile="off")
 
 

@@ -13,27 +13,20 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny import DATA, C, tiny_preset
 
 import softlabels.engine.executors as executor_mod
 from softlabels.cli.common import parse_value
-from softlabels.config import DataSpec, ExpertRecipe, LabelSpec, StudentRecipe
+from softlabels.config import LabelSpec
 from softlabels.data.synthetic import make_synthetic
 from softlabels.lab import Lab
-from softlabels.presets import Preset
 from softlabels.registry import UnknownNameError
 from softlabels.studies import STUDIES, run_study
 from softlabels.studies import base as study_base
 from softlabels.studies.knowledge import knowledge_spec, pick_subjects
 from softlabels.validation import DataNotFoundError
 
-C = 4
-DATA = DataSpec(name="synthetic", val_fraction=0.2)
-TINY = Preset(
-    name="tiny", data=DATA,
-    expert=ExpertRecipe(model="convnet-d3", width=8, epochs=3, train_images=200, precision="fp32"),
-    student=StudentRecipe(model="convnet-d3", width=8, epochs=5, precision="fp32", compile="off"),
-    ipcs=(1, 2), seeds=(0, 1), sweep_epochs=(1, 3), sweep_length=3,
-)
+TINY = tiny_preset((0, 1))
 # study name -> the tiny grid each test run uses
 OPTIONS = {
     "expert-epoch": {"ipcs": [1, 2]},
