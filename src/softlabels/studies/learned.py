@@ -76,7 +76,7 @@ def study_learned(lab: Lab, *, scale: str = "quick", ipcs: Sequence[int] | None 
                 row["vs_expert"] = paired_gain(res[(ipc, kind)], res[(ipc, "expert")])
             rows.append(row)
     jsd = {ipc: _jsd_curve(lab, expert, ipc, reps, spec) for ipc in ipc_list}
-    steps = {e: expert.checkpoint_step(e) for e in range(1, expert.epochs_done + 1)}
+    steps = {e: expert.checkpoint_step(e) for e in expert.epochs if e > 0}
     summary = {str(ipc): summarize([r for r in rows if r["ipc"] == ipc], jsd[ipc], chosen=epochs[ipc])
                for ipc in ipc_list}
     figs = [_plot(jsd, steps, study_dir(lab, NAME) / "learned_jsd.png", chosen=epochs, dataset=lab.data.name)]
@@ -107,7 +107,7 @@ def _jsd_curve(lab: Lab, expert, ipc: int, reps: Sequence[int], learner: str) ->
         cset = lab.build_set(SetSpec(ipc=ipc, label=LabelSpec(kind="learned", learner=learner), image_seed=r))
         x = lab.prepared.to_input(cset.images, device=lab.device)
         by_epoch = {e: soft_labels(expert_logits([expert], e, x, device=lab.device)).cpu()
-                    for e in range(1, expert.epochs_done + 1)}
+                    for e in expert.epochs if e > 0}
         for e, d in jsd_to_expert_labels(cset.labels, by_epoch).items():
             per_epoch.setdefault(e, []).append(d)
     return {e: float(np.mean(v)) for e, v in sorted(per_epoch.items())}
