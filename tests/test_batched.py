@@ -140,6 +140,8 @@ def test_executor_stacks_compatible_jobs_and_trains_the_rest_alone():
     got, alone, epochs = {}, {}, []
     ex = BatchedExecutor(ev, setting=2)
     assert [ex.stack_size(j) for j in (jobs[0], jobs[-1])] == [2, 1]  # batch norm trains alone
+    kl = StudentJob(images=x, labels=y, recipe=r1.replace(loss="kl:t=4"), seed=0, hard=y.argmax(1))
+    assert ex.stack_size(kl) == 1  # the stacked step is soft cross-entropy only: other losses train alone
     ex.run(jobs, lambda job, res: got.__setitem__(job.tag, res), on_epoch=epochs.append)
     SerialExecutor(ev).run(jobs, lambda job, res: alone.__setitem__(job.tag, res))
     assert sorted(got) == sorted(alone) and sum(epochs) == 3 * len(jobs)

@@ -363,6 +363,8 @@ class BatchedExecutor:
 
     def stack_size(self, job: StudentJob) -> int:
         """How many students of ``job``'s kind train in one stack (1: alone)."""
+        if job.recipe.loss != "soft-ce":  # the stacked step computes soft cross-entropy only
+            return 1
         n, _, h, w = job.images.shape
         size = resolve_stack(self.setting, self.device, batch=min(job.recipe.batch_size, n), pixels=h * w)
         if size == 1:
