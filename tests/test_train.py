@@ -133,21 +133,24 @@ def test_compile_policy_depends_on_planned_work_not_on_what_is_left():
     assert resolve_compile("on", cpu, total_steps=1, model="resnet18")
 
 
-def test_lab_decides_compilation_from_all_seeds_of_a_cell(tiny_lab, monkeypatch):
-    """A resumed cell (some seeds stored) must take the same compiled/eager path as a fresh one."""
+@pytest.fixture
+def compile_spy(monkeypatch):
+    """The planned step counts the Lab passes to its compile policy, in call order (the policy decides)."""
     import softlabels.lab as lab_mod
+
+    seen: list[int] = []
+    real = lab_mod.resolve_compile
+    monkeypatch.setattr(lab_mod, "resolve_compile", lambda s, d, *, total_steps, **kw: (
+        seen.append(total_steps) or real(s, d, total_steps=total_steps, **kw)))
+    return seen
+
+
+def test_lab_decides_compilation_from_all_seeds_of_a_cell(tiny_lab, compile_spy):
+    """A resumed cell (some seeds stored) must take the same compiled/eager path as a fresh one."""
     from softlabels.config import LabelSpec
     from softlabels.sets.spec import SetSpec
 
-    seen = []
-    real = lab_mod.resolve_compile
-    monkeypatch.setattr(
-        lab_mod,
-        "resolve_compile",
-        lambda s, d, *, total_steps, **kw: (
-            seen.append(total_steps) or real(s, d, total_steps=total_steps, **kw)
-        ),
-    )
+    seen = compile_spy
     rec = StudentRecipe(model="convnet-d3", width=8, epochs=2, precision="fp32", compile="off", batch_size=16)
     tiny_lab.evaluate(SetSpec(ipc=2, label=LabelSpec(kind="hard")), study="t", student=rec, seeds=[0])
     tiny_lab.evaluate(SetSpec(ipc=2, label=LabelSpec(kind="hard")), study="t", student=rec, seeds=[0, 1, 2])
@@ -331,22 +334,13 @@ def test_a_weight_average_is_what_is_judged(tiny_ds):
     assert not torch.equal(plain["classifier.weight"], averaged["classifier.weight"])
 
 
-def test_the_compile_choice_weighs_every_cell_of_a_model_shape_in_a_call(tiny_lab, monkeypatch):
+def test_the_compile_choice_weighs_every_cell_of_a_model_shape_in_a_call(tiny_lab, compile_spy):
     """One graph serves all cells of a shape: small cells that together repay compiling are compiled."""
-    import softlabels.lab as lab_mod
     from softlabels.config import LabelSpec
     from softlabels.lab import CellSpec
     from softlabels.sets.spec import SetSpec
 
-    seen = []
-    real = lab_mod.resolve_compile
-    monkeypatch.setattr(
-        lab_mod,
-        "resolve_compile",
-        lambda s, d, *, total_steps, **kw: (
-            seen.append(total_steps) or real(s, d, total_steps=total_steps, **kw)
-        ),
-    )
+    seen = compile_spy
     rec = StudentRecipe(model="convnet-d3", width=8, epochs=2, precision="fp32", compile="off", batch_size=16)
     cells = [
         CellSpec(set=SetSpec(ipc=ipc, label=LabelSpec(kind="hard")), student=rec, seeds=(0, 1), study="t")
