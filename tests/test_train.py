@@ -351,3 +351,38 @@ def test_the_compile_choice_weighs_every_cell_of_a_model_shape_in_a_call(tiny_la
     )
     tiny_lab.evaluate_many([*cells, other])
     assert seen == [2 * 1 * 2 + 2 * 1 * 2] * 2 + [2]  # width 8: both cells' steps; width 4: its own
+
+
+def test_even_batches_split_an_epoch_into_equal_batches():
+    from softlabels.config import StudentRecipe
+
+    fixed = StudentRecipe(model="convnet-d3", width=8, batch_size=32, steps=8)
+    even = fixed.replace(even_batches=True)
+    sizes = lambda r, n: [e - s for s, e in r.batch_bounds(n)]  # noqa: E731
+    assert sizes(fixed, 100) == [32, 32, 32, 4] and sizes(even, 100) == [25, 25, 25, 25]
+    assert sizes(even, 30) == [30] and sizes(even.replace(batch_size=25), 30) == [15, 15]
+    assert sizes(even.replace(batch_size=25), 103) == [21, 21, 21, 20, 20]
+    assert sizes(fixed, 10) == sizes(even, 10) == [10]
+    for r, n in ((fixed, 100), (even, 103), (even, 7)):
+        bounds = r.batch_bounds(n)
+        assert len(bounds) == r.steps_per_epoch(n) and bounds[0][0] == 0 and bounds[-1][1] == n
+        assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))
+    # results keys: the option is absent unless set, so earlier runs keep their keys
+    assert "even_batches" not in fixed.identity() and even.identity()["even_batches"] is True
+
+
+def test_even_batches_train_the_same_students_where_batches_are_already_equal():
+    import torch
+
+    from softlabels.config import StudentRecipe
+    from softlabels.engine.loop import train_student
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(20, 1, 28, 28, generator=g), torch.eye(4)[torch.arange(20) % 4]
+    base = StudentRecipe(model="convnet-d3", width=8, steps=6, batch_size=10, precision="fp32", compile="off")
+    a = train_student(x, y, base, seed=0, return_state=True).state
+    b = train_student(x, y, base.replace(even_batches=True), seed=0, return_state=True).state
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    c = train_student(x, y, base.replace(batch_size=8), seed=0, return_state=True).state  # 8, 8, 4
+    d = train_student(x, y, base.replace(batch_size=8, even_batches=True), seed=0, return_state=True).state
+    assert not all(torch.equal(c[k], d[k]) for k in c)  # 7, 7, 6

@@ -260,13 +260,14 @@ def train_stacked(images: Sequence[torch.Tensor], labels: Sequence[torch.Tensor]
     amp = resolve_precision(recipe.precision, dev)
     gens = [_seed_generator(s, dev) for s in seeds]
     bs = min(recipe.batch_size, n)
+    bounds = recipe.batch_bounds(n)
     total_steps, total_epochs = recipe.total_steps(n), recipe.total_epochs(n)
     rows = torch.arange(n_st, device=dev)[:, None]
     curves: list[list[tuple[int, float]]] = [[] for _ in seeds]
     step = 0
     for epoch in range(total_epochs):
         perms = torch.stack([torch.randperm(n, generator=g, device=dev) for g in gens]) if n > bs else None
-        for start in range(0, n, bs):
+        for start, end in bounds:
             if step >= total_steps:
                 break
             lr = lr_at(recipe, step=step, epoch=epoch, total_steps=total_steps, total_epochs=total_epochs)
@@ -276,7 +277,7 @@ def train_stacked(images: Sequence[torch.Tensor], labels: Sequence[torch.Tensor]
                 xb = big_x.expand(n_st, *big_x.shape) if shared else big_x
                 yb = big_y
             else:
-                idx = perms[:, start:start + bs]
+                idx = perms[:, start:end]
                 xb = big_x[idx] if shared else big_x[rows, idx]
                 yb = big_y[rows, idx]
             saved = [g.get_state() for g in gens] if untried else None

@@ -197,6 +197,7 @@ def train_student(
     amp = resolve_precision(recipe.precision, dev)
     gen = torch.Generator(device=dev).manual_seed(int(seed) * 1_000_003 + 17)
     bs = min(recipe.batch_size, n)
+    bounds = recipe.batch_bounds(n)
     total_steps, total_epochs = recipe.total_steps(n), recipe.total_epochs(n)
     curve: list[tuple[int, float]] = []
     # the trained module itself: inference through the compiled *training* graph would recompile it
@@ -205,13 +206,13 @@ def train_student(
     step = 0
     for epoch in range(total_epochs):
         perm = torch.randperm(n, generator=gen, device=dev) if n > bs else None
-        for start in range(0, n, bs):
+        for start, end in bounds:
             if step >= total_steps:
                 break
             lr = lr_at(recipe, step=step, epoch=epoch, total_steps=total_steps, total_epochs=total_epochs)
             for g in opt.param_groups:
                 g["lr"] = lr
-            idx = perm[start:start + bs] if perm is not None else None
+            idx = perm[start:end] if perm is not None else None
             xb = images if idx is None else images[idx]
             yb = labels if idx is None else labels[idx]
             hb = hard if idx is None or hard is None else hard[idx]
