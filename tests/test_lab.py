@@ -82,6 +82,28 @@ def test_baseline_job_end_to_end_and_report(tiny_lab, tiny_data_spec, tiny_exper
     assert len(tiny_lab.store) == n and [r.mean for r in res2.rows] == [r.mean for r in res.rows]
 
 
+def test_baseline_draws_per_seed_pairs_hard_and_soft_on_each_draw(tiny_lab, tiny_data_spec, tiny_expert,
+                                                                   tiny_student):
+    from softlabels.main_job import image_draws
+
+    preset = _preset(tiny_data_spec, tiny_expert, tiny_student)
+    assert image_draws(preset, (0, 1)) == [(0, (0, 1))]
+    per_seed = dataclasses.replace(preset, draw_per_seed=True)
+    assert image_draws(per_seed, (0, 1)) == [(0, (0,)), (1, (1,))]
+    res = run_baseline(tiny_lab, per_seed)
+    assert res.image_seeds == (0, 1) and all(r.seeds == 2 for r in res.rows)
+    assert "own random draw (image seeds 0, 1)" in (tiny_lab.out_dir / "report.md").read_text()
+    runs = [r.config for r in tiny_lab.store.query(study="baseline")]
+    # each (IPC, labels) row: seed s on draw s; hard and soft on the same draws
+    assert sorted((c["ipc"], c["label"]["kind"], c["seed"], c["image_seed"]) for c in runs) == sorted(
+        (ipc, kind, s, s) for ipc in (1, 3) for kind in ("hard", "soft") for s in (0, 1))
+    shared = run_baseline(tiny_lab, preset)  # one draw for both seeds
+    assert shared.image_seeds == (0,)
+    assert "one random draw (image seed 0)" in (tiny_lab.out_dir / "report.md").read_text()
+    assert [r.accs[0] for r in shared.rows] == [r.accs[0] for r in res.rows]  # seed 0 is on draw 0 both ways
+    assert len(tiny_lab.store.query(study="baseline")) == len(runs) + 4  # only seed 1 on draw 0 is new
+
+
 def test_baseline_decides_workers_over_its_whole_sweep_and_grid(
     tiny_lab, tiny_data_spec, tiny_expert, tiny_student, monkeypatch
 ):

@@ -21,7 +21,7 @@ from .lab import CellSpec, Lab
 from .presets import Preset
 from .sets.spec import SetSpec
 
-__all__ = ["BaselineResult", "BaselineRow", "EpochChoice", "choose_expert_epochs",
+__all__ = ["BaselineResult", "BaselineRow", "EpochChoice", "choose_expert_epochs", "image_draws",
            "run_baseline", "sweep_candidates", "sweep_image_seed", "write_baseline_report"]
 
 SWEEP_STUDY = "baseline-sweep"
@@ -168,6 +168,7 @@ class BaselineResult:
     plot: Path | None = None
     expert_keys: dict[int, str] = field(default_factory=dict)  # ipc -> the key of the expert labelling it
     fixed: tuple[int, ...] = ()  # IPCs whose expert epoch the preset fixes (the paper's Table 7)
+    image_seeds: tuple[int, ...] = (0,)  # the random image draws of the reported rows (see image_draws)
 
 
 def run_baseline(lab: Lab, preset: Preset, *, protocol: str = "clean", seeds: Sequence[int] | None = None,
@@ -204,9 +205,13 @@ def run_baseline(lab: Lab, preset: Preset, *, protocol: str = "clean", seeds: Se
         for label in (LabelSpec(kind="hard", codec="hard"), LabelSpec(kind="soft", expert_epoch=chosen[ipc]))
     ]
     recipes = {ipc: preset.student_for(ipc) for ipc in preset.ipcs}
-    results = lab.evaluate_many([
-        CellSpec(set=SetSpec(ipc=ipc, label=label), student=recipes[ipc], seeds=seed_ids,
-                 experts=(by_ipc[ipc],), protocol=protocol, study="baseline") for ipc, label in grid])
+    draws = image_draws(preset, seed_ids)
+    flat = lab.evaluate_many([
+        CellSpec(set=SetSpec(ipc=ipc, label=label, image_seed=image_seed), student=recipes[ipc], seeds=seeds,
+                 experts=(by_ipc[ipc],), protocol=protocol, study="baseline")
+        for ipc, label in grid for image_seed, seeds in draws])
+    n = len(draws)
+    results = [[r for res in flat[i:i + n] for r in res] for i in range(0, len(flat), n)]
     rows: list[BaselineRow] = []
     hard_accs: dict[int, list[float]] = {}
     for (ipc, label), res in zip(grid, results, strict=True):
@@ -237,11 +242,22 @@ def run_baseline(lab: Lab, preset: Preset, *, protocol: str = "clean", seeds: Se
                             expert_key=expert.key, preset=preset.name, protocol=protocol,
                             wall_s=time.perf_counter() - t0, student=preset.student.to_dict(),
                             expert=preset.expert.to_dict(), warnings=tuple(warnings),
-                            expert_keys={i: t.key for i, t in by_ipc.items()}, fixed=tuple(sorted(fixed)))
+                            expert_keys={i: t.key for i, t in by_ipc.items()}, fixed=tuple(sorted(fixed)),
+                            image_seeds=tuple(i for i, _ in draws))
     if not report:
         return result
     md, png = write_baseline_report(result, lab.out_dir, dataset=lab.data.name)
     return replace(result, report=md, plot=png)
+
+
+def image_draws(preset: Preset, seeds: Sequence[int]) -> list[tuple[int, tuple[int, ...]]]:
+    """The reported cells' (image seed, student seeds) groups: with ``preset.draw_per_seed`` each student
+    seed s trains on its own random draw (image seed s), so a row's mean is over draws as well, as published
+    random-real baselines are; else every seed trains on draw 0. Hard and soft rows share the groups, so
+    their seeds stay paired."""
+    if preset.draw_per_seed:
+        return [(s, (s,)) for s in seeds]
+    return [(0, tuple(seeds))]
 
 
 def _experts_by_ipc(lab: Lab, preset: Preset,
@@ -286,6 +302,12 @@ def write_baseline_report(result: BaselineResult, out_dir: Path, *, dataset: str
         f"Preset: `{result.preset}`; expert `{result.expert_key}`; total wall time {result.wall_s:.0f} s.",
         "",
     ]
+    if len(result.image_seeds) > 1:
+        lines += [f"Images: each student seed trains on its own random draw (image seeds "
+                  f"{', '.join(map(str, result.image_seeds))}); a row's mean and std are over draws and "
+                  "seeds, hard and soft rows paired on both.", ""]
+    else:
+        lines += [f"Images: one random draw (image seed {result.image_seeds[0]}) for every student seed.", ""]
     if len(set(result.expert_keys.values())) > 1:
         lines += ["Experts: " + "; ".join(f"IPC {i}: `{k}`" for i, k in result.expert_keys.items()), ""]
     if result.fixed:

@@ -56,6 +56,9 @@ class Preset:
     ``student_lr_by_ipc``, the student's learning rate (at other IPCs: the largest anchor below, else the
     smallest anchor); ``expert_by_ipc``, another expert recipe for those IPCs (ImageNet's "tiny lr" experts).
     ``dataset``: the dataset the preset is written for (None: any); the data spec's name then must match.
+    ``draw_per_seed``: the main job's student seed s trains on random image draw s (its mean is then over
+    draws, as published random-real baselines are: at IPC 1 the draw moves accuracy by several points);
+    False: every seed on draw 0.
     """
 
     name: str
@@ -73,6 +76,7 @@ class Preset:
     student_lr_by_ipc: dict[int, float] = field(default_factory=dict)
     expert_by_ipc: dict[int, ExpertRecipe] = field(default_factory=dict)
     dataset: str | None = None
+    draw_per_seed: bool = False
     description: str = ""
 
     def __post_init__(self) -> None:
@@ -90,6 +94,8 @@ class Preset:
         for i in self.ipcs:
             check_positive_int("ipc", i)
         check_choice("length_unit", self.length_unit, LENGTH_UNITS)
+        if not isinstance(self.draw_per_seed, bool):
+            raise TypeError(f"draw_per_seed must be True or False, got {self.draw_per_seed!r}")
         if self.sweep_length is not None:
             check_positive_int("sweep_length", self.sweep_length)
         for ipc, e in self.expert_epoch_by_ipc.items():
