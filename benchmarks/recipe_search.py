@@ -28,7 +28,13 @@ RECIPES = {
     "adamw-tta": BASE.replace(optimizer="adamw", lr=3e-3, schedule="cosine", warmup=0.05, tta="flip"),
     "adamw-ls": BASE.replace(optimizer="adamw", lr=3e-3, schedule="cosine", warmup=0.05, label_smoothing=0.1),
     "adamw-wd": BASE.replace(optimizer="adamw", lr=3e-3, schedule="cosine", warmup=0.05, weight_decay=0.05),
+    "adamw-ema-ls": BASE.replace(optimizer="adamw", lr=3e-3, schedule="cosine", warmup=0.05, ema=0.99,
+                                 label_smoothing=0.1),
     "adamw-b128": BASE.replace(optimizer="adamw", lr=3e-3, schedule="cosine", warmup=0.05, batch_size=128),
+    "adamw-b64": BASE.replace(optimizer="adamw", lr=3e-3, schedule="cosine", warmup=0.05, batch_size=64),
+    "adamw-b32": BASE.replace(optimizer="adamw", lr=3e-3, schedule="cosine", warmup=0.05, batch_size=32),
+    "adamw-b25": BASE.replace(optimizer="adamw", lr=3e-3, schedule="cosine", warmup=0.05, batch_size=25),
+    "adamw-b50": BASE.replace(optimizer="adamw", lr=3e-3, schedule="cosine", warmup=0.05, batch_size=50),
 }
 
 
@@ -38,6 +44,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, nargs="+", default=[150, 300, 600])
     ap.add_argument("--recipes", nargs="+", default=["reference", "adamw"], choices=sorted(RECIPES))
     ap.add_argument("--seeds", type=int, default=2)
+    ap.add_argument("--image-seeds", type=int, nargs="+", default=[0],
+                    help="random image draws pooled in each line (IPC 1 depends on the draw)")
     ap.add_argument("--labels", default="hard", choices=["hard", "soft"])
     ap.add_argument("--expert-epoch", type=int, default=None, help="soft labels: the expert checkpoint")
     ap.add_argument("--width", type=int, default=32)
@@ -52,13 +60,13 @@ def main() -> None:
     else:
         label = LabelSpec(kind="hard", codec="hard")
     grid = [(ipc, name, steps) for ipc in args.ipc for name in args.recipes for steps in args.steps]
-    cells = [CellSpec(set=SetSpec(ipc=ipc, label=label),
-                      student=RECIPES[name].replace(steps=steps, width=args.width),
-                      seeds=tuple(range(args.seeds)),
-                      experts=experts, study="recipe-search") for ipc, name, steps in grid]
     with lab:
-        for (ipc, name, steps), cell in zip(grid, cells, strict=True):
-            res = lab.evaluate_many([cell])[0]
+        for ipc, name, steps in grid:
+            cells = [CellSpec(set=SetSpec(ipc=ipc, label=label, image_seed=i),
+                              student=RECIPES[name].replace(steps=steps, width=args.width),
+                              seeds=tuple(range(args.seeds)), experts=experts, study="recipe-search")
+                     for i in args.image_seeds]
+            res = [r for rs in lab.evaluate_many(cells) for r in rs]
             val = [r["metrics"]["val_acc"] for r in res]
             test = [r["metrics"]["test_acc"] for r in res]
             wall = statistics.mean(r["metrics"]["train_s"] for r in res)
