@@ -131,6 +131,13 @@ def test_preset_student_length_policy(tiny_data_spec, tiny_expert, tiny_student)
     assert p.student_for(20).epochs == round(150 - 100 * math.log(2) / math.log(5))  # 107
     assert p.student_for(100).epochs == 50 and p.student_for(1).epochs == 300
     assert p.sweep_student_for(10).epochs == min(150, base.sweep_length)
+    # batch sizes per IPC: a step function, shared by the sweep's students
+    b = dataclasses.replace(base, student_batch_by_ipc={1: 25, 50: 50})
+    assert [b.student_for(i).batch_size for i in (1, 10, 49, 50, 100)] == [25, 25, 25, 50, 50]
+    assert b.sweep_student_for(50).batch_size == 50
+    assert base.student_for(50).batch_size == tiny_student.batch_size
+    with pytest.raises(ValueError, match="student batch size"):
+        dataclasses.replace(base, student_batch_by_ipc={10: 0})
 
 
 def test_the_sweep_skips_chance_level_experts_and_warns(tiny_lab, tiny_data_spec, tiny_expert, tiny_student):

@@ -54,7 +54,8 @@ class Preset:
     Fixed per-IPC settings (the paper's Table 7), used at exactly those IPCs: ``expert_epoch_by_ipc``, the
     expert epoch the one chooser (``main_job.choose_expert_epochs``) takes there instead of sweeping;
     ``student_lr_by_ipc``, the student's learning rate (at other IPCs: the largest anchor below, else the
-    smallest anchor); ``expert_by_ipc``, another expert recipe for those IPCs (ImageNet's "tiny lr" experts).
+    smallest anchor) and ``student_batch_by_ipc``, its batch size (likewise); ``expert_by_ipc``, another
+    expert recipe for those IPCs (ImageNet's "tiny lr" experts).
     ``dataset``: the dataset the preset is written for (None: any); the data spec's name then must match.
     ``draw_per_seed``: the main job's student seed s trains on random image draw s (its mean is then over
     draws, as published random-real baselines are: at IPC 1 the draw moves accuracy by several points);
@@ -74,6 +75,7 @@ class Preset:
     sweep_length: int | None = None
     expert_epoch_by_ipc: dict[int, int] = field(default_factory=dict)
     student_lr_by_ipc: dict[int, float] = field(default_factory=dict)
+    student_batch_by_ipc: dict[int, int] = field(default_factory=dict)
     expert_by_ipc: dict[int, ExpertRecipe] = field(default_factory=dict)
     dataset: str | None = None
     draw_per_seed: bool = False
@@ -104,6 +106,9 @@ class Preset:
         for ipc, lr in self.student_lr_by_ipc.items():
             check_positive_int("ipc", ipc)
             check_positive_float("student lr", lr)
+        for ipc, b in self.student_batch_by_ipc.items():
+            check_positive_int("ipc", ipc)
+            check_positive_int("student batch size", b)
         for ipc, r in self.expert_by_ipc.items():
             check_positive_int("ipc", ipc)
             if not isinstance(r, ExpertRecipe):
@@ -120,12 +125,14 @@ class Preset:
         return recipe.steps if self.length_unit == "steps" and recipe.steps is not None else recipe.epochs
 
     def student_for(self, ipc: int) -> StudentRecipe:
-        """The student recipe at ``ipc``: the one length (and learning-rate) policy of the main job and the
-        studies."""
+        """The student recipe at ``ipc``: the one length (and learning-rate and batch) policy of the main job
+        and the studies."""
         e = interpolate_epochs(self.student_length_by_ipc, ipc)
         r = self.student if e is None else self._with_length(self.student, e)
         lr = step_lookup(self.student_lr_by_ipc, ipc)
-        return r if lr is None else r.replace(lr=lr)
+        batch = step_lookup(self.student_batch_by_ipc, ipc)
+        r = r if lr is None else r.replace(lr=lr)
+        return r if batch is None else r.replace(batch_size=int(batch))
 
     def expert_for(self, ipc: int) -> ExpertRecipe:
         """The expert recipe whose checkpoints label the sets at ``ipc``."""
@@ -208,11 +215,12 @@ register_preset(Preset(
     sweep_epochs=(3, 5, 7),  # checkpoints after 32, 128 and 512 steps
     length_unit="steps",
     student_length_by_ipc={1: 300, 10: 800, 50: 1600},
+    student_batch_by_ipc={1: 25, 50: 50},  # on validation: batch 50 beats 25 at equal time from IPC 50
     sweep_length_by_ipc={1: 150, 10: 300, 50: 400},
     draw_per_seed=True,
     description="CPU: width-32 ConvNet-3; an expert of 512 steps on the whole training split (checkpoints "
-                "after 8, 16, ..., 512 steps); fast students (AdamW, cosine, even batches of 25; 300 / 800 / "
-                "1600 steps at IPC 1 / 10 / 50), each seed on its own random image draw",
+                "after 8, 16, ..., 512 steps); fast students (AdamW, cosine, even batches of 25 / 25 / 50; "
+                "300 / 800 / 1600 steps at IPC 1 / 10 / 50), each seed on its own random image draw",
 ))
 
 register_preset(Preset(
