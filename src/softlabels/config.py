@@ -11,7 +11,7 @@ import math
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
-from .validation import check_choice, check_fraction, check_positive_float, check_positive_int
+from .validation import check_bool, check_choice, check_fraction, check_positive_float, check_positive_int
 
 PROTOCOLS = ("clean", "paper")
 OPTIMIZERS = ("sgd", "adamw")
@@ -272,8 +272,7 @@ class StudentRecipe(_Config):
         check_positive_float("lr", self.lr)
         check_choice("optimizer", self.optimizer, OPTIMIZERS)
         check_positive_float("momentum", self.momentum, allow_zero=True)
-        if not isinstance(self.nesterov, bool):
-            raise TypeError(f"nesterov must be True or False, got {self.nesterov!r}")
+        check_bool("nesterov", self.nesterov)
         if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0):
             raise ValueError("nesterov needs optimizer='sgd' with momentum > 0")
         check_choice("schedule", self.schedule, SCHEDULES)
@@ -281,8 +280,7 @@ class StudentRecipe(_Config):
         if self.warmup and self.schedule == "auto":
             raise ValueError("warmup applies to the per-step schedules: use schedule='cosine' or 'linear'")
         check_positive_int("batch_size", self.batch_size)
-        if not isinstance(self.even_batches, bool):
-            raise TypeError(f"even_batches must be True or False, got {self.even_batches!r}")
+        check_bool("even_batches", self.even_batches)
         check_fraction("label_smoothing", self.label_smoothing)
         check_fraction("ema", self.ema)
         check_choice("tta", self.tta, TTA_MODES)

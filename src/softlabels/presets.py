@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from .config import DataSpec, ExpertRecipe, StudentRecipe, geometric_checkpoints
-from .validation import check_choice, check_positive_float, check_positive_int
+from .validation import check_bool, check_choice, check_positive_float, check_positive_int
 
 __all__ = ["PAPER_PRESET_BY_DATASET", "PRESETS", "Preset", "get_preset", "interpolate_epochs", "list_presets",
            "register_preset"]
@@ -96,8 +96,7 @@ class Preset:
         for i in self.ipcs:
             check_positive_int("ipc", i)
         check_choice("length_unit", self.length_unit, LENGTH_UNITS)
-        if not isinstance(self.draw_per_seed, bool):
-            raise TypeError(f"draw_per_seed must be True or False, got {self.draw_per_seed!r}")
+        check_bool("draw_per_seed", self.draw_per_seed)
         if self.sweep_length is not None:
             check_positive_int("sweep_length", self.sweep_length)
         for ipc, e in self.expert_epoch_by_ipc.items():

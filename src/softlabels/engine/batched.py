@@ -259,14 +259,14 @@ def train_stacked(images: Sequence[torch.Tensor], labels: Sequence[torch.Tensor]
     average = _WeightAverage(tensors, recipe.ema) if recipe.ema else None
     amp = resolve_precision(recipe.precision, dev)
     gens = [_seed_generator(s, dev) for s in seeds]
-    bs = min(recipe.batch_size, n)
     bounds = recipe.batch_bounds(n)
     total_steps, total_epochs = recipe.total_steps(n), recipe.total_epochs(n)
     rows = torch.arange(n_st, device=dev)[:, None]
     curves: list[list[tuple[int, float]]] = [[] for _ in seeds]
     step = 0
     for epoch in range(total_epochs):
-        perms = torch.stack([torch.randperm(n, generator=g, device=dev) for g in gens]) if n > bs else None
+        perms = (torch.stack([torch.randperm(n, generator=g, device=dev) for g in gens])
+                 if len(bounds) > 1 else None)
         for start, end in bounds:
             if step >= total_steps:
                 break

@@ -196,7 +196,6 @@ def train_student(
     average = _WeightAverage(params, recipe.ema) if recipe.ema else None
     amp = resolve_precision(recipe.precision, dev)
     gen = torch.Generator(device=dev).manual_seed(int(seed) * 1_000_003 + 17)
-    bs = min(recipe.batch_size, n)
     bounds = recipe.batch_bounds(n)
     total_steps, total_epochs = recipe.total_steps(n), recipe.total_epochs(n)
     curve: list[tuple[int, float]] = []
@@ -205,7 +204,7 @@ def train_student(
     model.train()
     step = 0
     for epoch in range(total_epochs):
-        perm = torch.randperm(n, generator=gen, device=dev) if n > bs else None
+        perm = torch.randperm(n, generator=gen, device=dev) if len(bounds) > 1 else None
         for start, end in bounds:
             if step >= total_steps:
                 break

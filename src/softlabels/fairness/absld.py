@@ -36,7 +36,7 @@ from ..augment import dsa
 from ..config import StudentRecipe
 from ..engine.loop import lr_at, make_optimizer
 from ..models import init_model
-from ..validation import check_labels, check_positive_float, check_positive_int, check_targets
+from ..validation import check_bool, check_labels, check_positive_float, check_positive_int, check_targets
 from .robust import pgd_perturb, pixel_bounds
 
 __all__ = ["AbsldConfig", "AbsldResult", "class_losses", "class_tempered", "train_absld_student",
@@ -63,8 +63,7 @@ class AbsldConfig:
 
     def __post_init__(self) -> None:
         for name in ("adaptive", "adversarial"):
-            if not isinstance(getattr(self, name), bool):
-                raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
+            check_bool(name, getattr(self, name))
         check_positive_float("rate", self.rate, allow_zero=True)
         check_positive_float("t_min", self.t_min)
         check_positive_float("t_max", self.t_max)

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..validation import check_positive_float, check_positive_int
+from ..validation import check_bool, check_positive_float, check_positive_int
 
 __all__ = ["AttackSpec", "MissingExtraError", "fairness_of", "pgd_perturb", "pixel_bounds", "require_art",
            "robust_evaluation", "stratified_subset"]
@@ -67,8 +67,7 @@ class AttackSpec:
         check_positive_int("attack steps", self.steps)
         if self.step is not None:
             check_positive_float("attack step", self.step)
-        if not isinstance(self.random_start, bool):
-            raise TypeError(f"random_start must be True or False, got {self.random_start!r}")
+        check_bool("random_start", self.random_start)
         if self.images is not None:
             check_positive_int("attack images", self.images)
         check_positive_int("attack seed", self.seed, minimum=0)

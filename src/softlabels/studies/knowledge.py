@@ -25,7 +25,7 @@ from ..experts import Trajectory
 from ..lab import CellSpec, Lab
 from ..presets import Preset
 from ..sets.spec import SetSpec
-from ..validation import check_choice, check_positive_int
+from ..validation import check_bool, check_choice, check_positive_int
 from .base import (
     StudyResult,
     common_options,
@@ -87,8 +87,7 @@ def study_knowledge(lab: Lab, *, scale: str = "quick", ipcs: Sequence[int] | Non
     """Per IPC and subject class: accuracy on the subject's test images under the three treatments."""
     p, ipc_list, seed_ids, image_seed = common_options(scale, preset, ipcs, seeds, image_seed=image_seed,
                                                        ipcs_default=QUICK_IPCS if scale == "quick" else None)
-    if not isinstance(renorm, bool):
-        raise TypeError(f"renorm must be True or False, got {renorm!r}")
+    check_bool("renorm", renorm)
     prep = lab.prepared
     c = prep.num_classes
     if c < 2:

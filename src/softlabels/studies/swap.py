@@ -15,6 +15,7 @@ from typing import Any
 from ..config import LabelSpec
 from ..lab import Lab
 from ..presets import Preset
+from ..validation import check_bool
 from .base import (
     StudyResult,
     cell_stats,
@@ -43,8 +44,7 @@ def study_swap(lab: Lab, *, scale: str = "quick", ipcs: Sequence[int] | None = N
     """Per IPC: hard labels, unswapped soft labels and every swap i; relative = acc / acc(unswapped)."""
     p, ipc_list, seed_ids, image_seed = common_options(scale, preset, ipcs, seeds, image_seed=image_seed,
                                                        ipcs_default=QUICK_IPCS if scale == "quick" else None)
-    if not isinstance(include_hard, bool):
-        raise TypeError(f"include_hard must be True or False, got {include_hard!r}")
+    check_bool("include_hard", include_hard)
     c = lab.prepared.num_classes
     if c < 2:
         raise ValueError("the swap test needs at least 2 classes")
